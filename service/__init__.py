@@ -1,0 +1,1 @@
+"""Sign in with Google, turned into server-side sessions stored in Postgres."""

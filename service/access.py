@@ -1,0 +1,44 @@
+"""Access levels: each handler declares whether it is public, for signed-in users, or for admins."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+Handler = TypeVar("Handler", bound=Callable[..., Any])
+
+
+class Access(enum.Enum):
+    PUBLIC = "public"
+    SIGNED_IN = "signed_in"
+    ADMIN = "admin"
+
+
+def _declare(access: Access) -> Callable[[Handler], Handler]:
+    def mark(handler: Handler) -> Handler:
+        handler.__access__ = access  # type: ignore[attr-defined]
+        return handler
+
+    return mark
+
+
+public = _declare(Access.PUBLIC)
+signed_in = _declare(Access.SIGNED_IN)
+admin_only = _declare(Access.ADMIN)
+
+
+def access_of(handler: Callable[..., Any]) -> Access:
+    """What `handler` declared; an undeclared handler needs a session (fail closed)."""
+    access: Access = getattr(handler, "__access__", Access.SIGNED_IN)
+    return access
+
+
+def rate_limited(handler: Handler) -> Handler:
+    """Count every request to `handler` against its client IP's login rate limit."""
+    handler.__rate_limited__ = True  # type: ignore[attr-defined]
+    return handler
+
+
+def is_rate_limited(handler: Callable[..., Any]) -> bool:
+    return getattr(handler, "__rate_limited__", False) is True

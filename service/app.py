@@ -1,0 +1,62 @@
+"""The application factory: wiring only, in the order a request meets it."""
+
+from __future__ import annotations
+
+import aiohttp_cors
+from aiohttp import web
+from aiohttp_remotes import XForwardedStrict
+
+from service import devlogin, middleware, schema
+from service.auth import LOCAL_CERTS, verifier_ctx
+from service.config import CONFIG, Config
+from service.db import pool_ctx
+from service.payload import MAX_BODY_BYTES
+from service.ratelimit import RateLimiter
+from service.routes import health, login, user
+from service.sessions import purge_ctx
+
+# Probes must answer straight from the load balancer, with no proxy in between.
+UNPROXIED_PATHS = ("/healthz", "/readyz")
+
+
+def create_app(config: Config) -> web.Application:
+    app = web.Application(
+        middlewares=[middleware.access_log, middleware.errors], client_max_size=MAX_BODY_BYTES
+    )
+    if config.trusted_proxies:
+        forwarded = XForwardedStrict([config.trusted_proxies], white_paths=UNPROXIED_PATHS)
+        app.middlewares.append(forwarded.middleware)
+    app[CONFIG] = config
+    app[health.SCHEMA_HEAD] = schema.head_revision()
+    app[middleware.LOGIN_LIMITER] = RateLimiter(config.login_rate_limit)
+    app.on_response_prepare.append(middleware.security_headers)
+    app.add_routes(health.routes)
+
+    api = web.Application(middlewares=[middleware.rate_limit, middleware.csrf, middleware.session])
+    api.add_routes(login.routes)
+    api.add_routes(user.routes)
+    if config.dev_login:
+        issuer = devlogin.DevIssuer()
+        app[devlogin.DEV_ISSUER] = issuer
+        app[LOCAL_CERTS] = issuer.certs
+        api.add_routes(devlogin.routes)
+    _allow_cross_origin(api, config.allowed_origins)
+    app.add_subapp("/api", api)
+
+    app.cleanup_ctx.extend([pool_ctx, verifier_ctx, purge_ctx])
+    return app
+
+
+def _allow_cross_origin(api: web.Application, origins: tuple[str, ...]) -> None:
+    """CORS with credentials for ALLOWED_ORIGINS; the CSRF check trusts the same list."""
+    if not origins:
+        return
+    options = aiohttp_cors.ResourceOptions(
+        allow_credentials=True,
+        allow_headers=("Content-Type",),
+        allow_methods=("GET", "POST", "PUT", "PATCH", "DELETE"),
+        max_age=600,
+    )
+    cors = aiohttp_cors.setup(api, defaults=dict.fromkeys(origins, options))
+    for route in list(api.router.routes()):
+        cors.add(route)

@@ -1,0 +1,256 @@
+"""Configuration: read once from the environment into a frozen `Config`, validated up front."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
+GOOGLE_CLIENT_SCRIPT_URL = "https://accounts.google.com/gsi/client"
+DEV_CLIENT_ID = "dev-login.apps.localhost"
+
+_PERIODS = {"second": 1, "minute": 60, "hour": 3600}
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+class ConfigError(Exception):
+    """A variable has a value the service cannot run with; the message names it."""
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    count: int
+    period: int  # seconds
+
+
+@dataclass(frozen=True)
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    public_url: str = "http://127.0.0.1:8080"
+    database_url: str | None = None
+    google_client_ids: tuple[str, ...] = ()
+    google_certs_url: str = GOOGLE_CERTS_URL
+    cookie_secure: bool = True
+    session_idle_timeout: int = 1800
+    session_absolute_timeout: int = 86400
+    admin_emails: frozenset[str] = frozenset()
+    allowed_domains: frozenset[str] = frozenset()
+    allowed_emails: frozenset[str] = frozenset()
+    allowed_origins: tuple[str, ...] = ()
+    login_rate_limit: RateLimit = field(default_factory=lambda: RateLimit(20, 60))
+    trusted_proxies: tuple[str, ...] = ()
+    log_format: str = "text"
+    dev_login: bool = False
+
+    @property
+    def client_ids(self) -> tuple[str, ...]:
+        """Audiences accepted in ID tokens; the dev login's own when nothing else is set."""
+        return self.google_client_ids or (DEV_CLIENT_ID,)
+
+    @property
+    def origin(self) -> str:
+        return origin_of(self.public_url)
+
+    @property
+    def trusted_origins(self) -> frozenset[str]:
+        return frozenset((self.origin, *self.allowed_origins))
+
+    @property
+    def hsts(self) -> bool:
+        return self.public_url.startswith("https://")
+
+    @property
+    def session_cookie_name(self) -> str:
+        # The __Host- prefix makes browsers refuse the cookie unless Secure, Path=/ and no Domain.
+        return "__Host-session_id" if self.cookie_secure else "session_id"
+
+    @property
+    def nonce_cookie_name(self) -> str:
+        return "__Host-login_nonce" if self.cookie_secure else "login_nonce"
+
+    @property
+    def touch_interval(self) -> float:
+        """How stale `last_seen_at` may get before a request writes it again."""
+        return min(60.0, self.session_idle_timeout / 2)
+
+    def masked(self) -> dict[str, object]:
+        """The effective configuration for the startup log, without credentials."""
+        shown: dict[str, object] = {
+            name: getattr(self, name)
+            for name in self.__dataclass_fields__
+            if name != "database_url"
+        }
+        shown["database_url"] = mask_url(self.database_url) if self.database_url else "embedded"
+        shown["login_rate_limit"] = f"{self.login_rate_limit.count}/{self.login_rate_limit.period}s"
+        for name in ("admin_emails", "allowed_domains", "allowed_emails"):
+            shown[name] = sorted(getattr(self, name))
+        return shown
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
+        env = os.environ if environ is None else environ
+        reader = _Reader(env)
+        host = reader.text("HOST", "127.0.0.1")
+        port = reader.integer("PORT", 8080, low=1, high=65535)
+        dev_login = reader.boolean("DEV_LOGIN", False)
+        client_ids = reader.items("GOOGLE_CLIENT_ID")
+        if not client_ids and not dev_login:
+            raise ConfigError("GOOGLE_CLIENT_ID is required (or set DEV_LOGIN=1 for local use)")
+        if dev_login and not is_loopback(host):
+            raise ConfigError(
+                f"DEV_LOGIN=1 is refused unless HOST is a loopback address, not {host!r}"
+            )
+        default_public = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+        public_url = reader.text("PUBLIC_URL", default_public).rstrip("/")
+        reader.check(
+            "PUBLIC_URL", public_url, _is_origin(public_url), "must be http(s)://host[:port]"
+        )
+        certs_url = reader.text("GOOGLE_CERTS_URL", GOOGLE_CERTS_URL)
+        reader.check(
+            "GOOGLE_CERTS_URL",
+            certs_url,
+            _is_certs_url(certs_url),
+            "must be https (plain http only for a loopback host)",
+        )
+        origins = tuple(o.rstrip("/") for o in reader.items("ALLOWED_ORIGINS"))
+        for origin in origins:
+            reader.check(
+                "ALLOWED_ORIGINS", origin, _is_origin(origin), "must be http(s)://host[:port]"
+            )
+        proxies = reader.items("TRUSTED_PROXIES")
+        for proxy in proxies:
+            reader.check("TRUSTED_PROXIES", proxy, _is_network(proxy), "must be an IP or a network")
+        log_format = reader.text("LOG_FORMAT", "text")
+        reader.check(
+            "LOG_FORMAT", log_format, log_format in ("text", "json"), "must be text or json"
+        )
+        return cls(
+            host=host,
+            port=port,
+            public_url=public_url,
+            database_url=env.get("DATABASE_URL") or None,
+            google_client_ids=client_ids,
+            google_certs_url=certs_url,
+            cookie_secure=reader.boolean("COOKIE_SECURE", True),
+            session_idle_timeout=reader.integer("SESSION_IDLE_TIMEOUT", 1800, low=1),
+            session_absolute_timeout=reader.integer("SESSION_ABSOLUTE_TIMEOUT", 86400, low=1),
+            admin_emails=frozenset(e.lower() for e in reader.items("ADMIN_EMAILS")),
+            allowed_domains=frozenset(d.lower() for d in reader.items("ALLOWED_DOMAINS")),
+            allowed_emails=frozenset(e.lower() for e in reader.items("ALLOWED_EMAILS")),
+            allowed_origins=origins,
+            login_rate_limit=reader.rate("LOGIN_RATE_LIMIT", "20/minute"),
+            trusted_proxies=proxies,
+            log_format=log_format,
+            dev_login=dev_login,
+        )
+
+
+CONFIG = web.AppKey("config", Config)
+
+
+class _Reader:
+    """Parses one variable at a time, raising a `ConfigError` that names it."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+
+    def text(self, name: str, default: str) -> str:
+        return self.env.get(name, "").strip() or default
+
+    def items(self, name: str) -> tuple[str, ...]:
+        return tuple(item.strip() for item in self.env.get(name, "").split(",") if item.strip())
+
+    def check(self, name: str, value: str, ok: bool, why: str) -> None:
+        if not ok:
+            raise ConfigError(f"{name}={value!r}: {why}")
+
+    def boolean(self, name: str, default: bool) -> bool:
+        raw = self.env.get(name)
+        if raw is None:
+            return default
+        value = raw.strip().lower()
+        self.check(name, raw, value in _TRUE | _FALSE, "must be true or false")
+        return value in _TRUE
+
+    def integer(self, name: str, default: int, *, low: int, high: int | None = None) -> int:
+        raw = self.env.get(name, "").strip()
+        if not raw:
+            return default
+        self.check(name, raw, raw.isascii() and raw.isdigit(), "must be a whole number")
+        value = int(raw)
+        in_range = value >= low and (high is None or value <= high)
+        self.check(name, raw, in_range, f"must be between {low} and {high or 'any'}")
+        return value
+
+    def rate(self, name: str, default: str) -> RateLimit:
+        raw = self.text(name, default)
+        match = re.fullmatch(r"(\d+)\s*/\s*(second|minute|hour)", raw.lower())
+        self.check(name, raw, match is not None, "must look like 20/minute (second, minute, hour)")
+        assert match is not None
+        count = int(match[1])
+        self.check(name, raw, count > 0, "must allow at least one request")
+        return RateLimit(count, _PERIODS[match[2]])
+
+
+def origin_of(url: str) -> str:
+    """scheme://host[:port], lower-cased, without the scheme's default port."""
+    parts = urlsplit(url)
+    default_port = {"http": 80, "https": 443}.get(parts.scheme)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = "" if parts.port in (None, default_port) else f":{parts.port}"
+    return f"{parts.scheme}://{host}{port}"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def mask_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        return url.replace(f":{parts.password}@", ":***@", 1)
+    return url
+
+
+def _is_origin(value: str) -> bool:
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        return False
+    return (
+        parts.scheme in ("http", "https")
+        and bool(parts.hostname)
+        and parts.path in ("", "/")
+        and not (parts.query or parts.fragment or parts.username)
+    )
+
+
+def _is_certs_url(value: str) -> bool:
+    parts = urlsplit(value)
+    if parts.scheme == "https":
+        return bool(parts.hostname)
+    return parts.scheme == "http" and is_loopback(parts.hostname or "")
+
+
+def _is_network(value: str) -> bool:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,172 @@
+"""Middlewares, one concern each, and the response headers every answer carries.
+
+Order, outermost first (see `create_app`):
+
+    access_log      times and logs every request, whatever happens inside
+    errors          turns every exception below into JSON {"error", "message"}
+    [forwarded]     the client IP from a trusted proxy's X-Forwarded-For (when configured)
+    /api only:
+      rate_limit    counts a login attempt before anything can refuse it
+      csrf          refuses cross-site unsafe requests before they touch a session
+      session       resolves the session cookie and enforces the handler's access level
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from service.access import Access, access_of, is_rate_limited
+from service.config import CONFIG
+from service.db import DATABASE_UNAVAILABLE, POOL
+from service.errors import ApiError, Forbidden, TooManyRequests, Unauthorized, error_response
+from service.ratelimit import RateLimiter, retry_after
+from service.sessions import CurrentSession, validate_session_token
+
+log = logging.getLogger(__name__)
+access_logger = logging.getLogger("service.access")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+_HTTP_ERROR_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+}
+
+
+@dataclass
+class RequestLog:
+    """What the access line reports that only inner layers learn (they see a cloned request)."""
+
+    user_id: int | None = None
+
+
+REQUEST_LOG = web.RequestKey("request_log", RequestLog)
+CURRENT_SESSION = web.RequestKey("current_session", CurrentSession)
+LOGIN_LIMITER = web.AppKey("login_limiter", RateLimiter)
+
+
+@web.middleware
+async def access_log(request: web.Request, handler: Handler) -> web.StreamResponse:
+    entry = request[REQUEST_LOG] = RequestLog()
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    finally:
+        duration_ms = round((time.perf_counter() - started) * 1000, 1)
+        # raw_path stays percent-encoded, so a crafted path cannot forge log lines.
+        path = request.rel_url.raw_path
+        access_logger.info(
+            "%s %s %d %.1fms user=%s",
+            request.method,
+            path,
+            status,
+            duration_ms,
+            entry.user_id or "-",
+            extra={
+                "method": request.method,
+                "path": path,
+                "status": status,
+                "duration_ms": duration_ms,
+                "user_id": entry.user_id,
+            },
+        )
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as error:
+        return error_response(error.status, error.code, error.message, error.headers)
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise
+        headers = {"Allow": error.headers["Allow"]} if "Allow" in error.headers else None
+        code = _HTTP_ERROR_CODES.get(error.status, "http_error")
+        return error_response(error.status, code, error.reason, headers)
+    except DATABASE_UNAVAILABLE as error:
+        log.warning("database unavailable: %s", type(error).__name__)
+        return error_response(503, "database_unavailable", "The database is not reachable.")
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.rel_url.raw_path)
+        return error_response(500, "internal_error", "Something went wrong on our side.")
+
+
+@web.middleware
+async def rate_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if is_rate_limited(handler):
+        wait = request.config_dict[LOGIN_LIMITER].hit(request.remote or "unknown")
+        if wait:
+            raise TooManyRequests(
+                "rate_limited",
+                "Too many sign-in attempts from this address; try again later.",
+                headers={"Retry-After": retry_after(wait)},
+            )
+    return await handler(request)
+
+
+@web.middleware
+async def csrf(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.method in UNSAFE_METHODS and not _is_same_site(request):
+        raise Forbidden("csrf", "Cross-site request refused: its Origin is not this service's.")
+    return await handler(request)
+
+
+def _is_same_site(request: web.Request) -> bool:
+    origin = request.headers.get("Origin")
+    if origin is None:
+        # Browsers that omit Origin still say where a request came from.
+        return request.headers.get("Sec-Fetch-Site") == "same-origin"
+    return origin in request.config_dict[CONFIG].trusted_origins
+
+
+@web.middleware
+async def session(request: web.Request, handler: Handler) -> web.StreamResponse:
+    access = access_of(handler)
+    # Public handlers, CORS preflights and unmatched routes (404/405) need no session.
+    if (
+        access is Access.PUBLIC
+        or request.method == "OPTIONS"
+        or request.match_info.http_exception is not None
+    ):
+        return await handler(request)
+    config = request.config_dict[CONFIG]
+    token = request.cookies.get(config.session_cookie_name)
+    current = None
+    if token:
+        current = await validate_session_token(
+            request.config_dict[POOL],
+            token,
+            idle_timeout=config.session_idle_timeout,
+            touch_interval=config.touch_interval,
+        )
+    if current is None:
+        raise Unauthorized("not_signed_in", "Sign in to continue.")
+    request[REQUEST_LOG].user_id = current.user.id
+    if current.user.disabled:
+        raise Forbidden("user_disabled", "This account is disabled.")
+    if access is Access.ADMIN and not current.user.admin:
+        raise Forbidden("admin_only", "This needs an administrator.")
+    request[CURRENT_SESSION] = current
+    return await handler(request)
+
+
+async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: runs for every response, streamed files and errors included."""
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    if request.path.startswith("/api/"):
+        response.headers["Cache-Control"] = "no-store"
+    if request.config_dict[CONFIG].hsts:
+        response.headers["Strict-Transport-Security"] = "max-age=63072000; includeSubDomains"

@@ -1,0 +1,39 @@
+"""Login nonces: a secret in a cookie, its hash sent to Google, and the `spent_nonces` table."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+
+import asyncpg
+
+NONCE_COOKIE_LIFETIME = 600
+
+
+def generate_nonce_secret() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def nonce_for(secret: str) -> str:
+    """The value Google puts in the ID token: base64url(sha256(secret)), unpadded."""
+    digest = hashlib.sha256(secret.encode()).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def matches(secret: str, nonce: str) -> bool:
+    return hmac.compare_digest(nonce_for(secret).encode(), nonce.encode())
+
+
+async def spend(conn: asyncpg.Connection | asyncpg.Pool, nonce: str, *, until: float) -> bool:
+    """Mark `nonce` used until the epoch time `until`; False when it already was."""
+    spent = await conn.fetchval(
+        """
+        INSERT INTO spent_nonces (nonce, expires_at) VALUES ($1, to_timestamp($2))
+        ON CONFLICT (nonce) DO NOTHING RETURNING true
+        """,
+        nonce,
+        until,
+    )
+    return spent is True

@@ -1,0 +1,35 @@
+"""Health: liveness (`/healthz`) and readiness (`/readyz`) for load balancers and orchestrators."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from service import schema
+from service.db import DATABASE_UNAVAILABLE, POOL
+from service.errors import ServiceUnavailable
+
+routes = web.RouteTableDef()
+
+SCHEMA_HEAD = web.AppKey("schema_head", str)
+READY_TIMEOUT = 2.0
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+@routes.get("/readyz")
+async def readyz(request: web.Request) -> web.Response:
+    try:
+        async with asyncio.timeout(READY_TIMEOUT), request.app[POOL].acquire() as conn:
+            revision = await schema.current_revision(conn)
+    except DATABASE_UNAVAILABLE:
+        raise ServiceUnavailable("database_unavailable", "The database is not reachable.") from None
+    if revision != request.app[SCHEMA_HEAD]:
+        raise ServiceUnavailable(
+            "migrations_pending", f"The schema is at {revision}, not {request.app[SCHEMA_HEAD]}."
+        )
+    return web.json_response({"status": "ready"})

@@ -1,0 +1,133 @@
+"""Signing in and out: the client's config, the login nonce, the login itself, and logout."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from service import audit, auth, nonces, sessions, users
+from service.access import public, rate_limited
+from service.auth import CLOCK_SKEW, VERIFIER
+from service.config import CONFIG, GOOGLE_CLIENT_SCRIPT_URL
+from service.cookies import (
+    delete_nonce_cookie,
+    delete_session_cookie,
+    set_nonce_cookie,
+    set_session_cookie,
+)
+from service.db import POOL
+from service.errors import ApiError, BadRequest, Forbidden, Unauthorized
+from service.payload import client_of, read_json_object
+
+routes = web.RouteTableDef()
+
+DEV_CLIENT_SCRIPT_PATH = "/api/dev-login/client.js"
+
+
+@routes.get("/config")
+@public
+async def get_config(request: web.Request) -> web.Response:
+    config = request.config_dict[CONFIG]
+    script = DEV_CLIENT_SCRIPT_PATH if config.dev_login else GOOGLE_CLIENT_SCRIPT_URL
+    return web.json_response(
+        {
+            "google_client_id": config.client_ids[0],
+            "gis_script_url": script,
+            "dev_login": config.dev_login,
+        }
+    )
+
+
+@routes.post("/login/nonce")
+@public
+async def create_login_nonce(request: web.Request) -> web.Response:
+    secret = nonces.generate_nonce_secret()
+    response = web.json_response({"nonce": nonces.nonce_for(secret)})
+    set_nonce_cookie(response, request.config_dict[CONFIG], secret)
+    return response
+
+
+@routes.post("/login")
+@public
+@rate_limited
+async def login(request: web.Request) -> web.Response:
+    pool = request.config_dict[POOL]
+    client = client_of(request)
+    email = None
+    try:
+        credential = await _read_credential(request)
+        verified = await request.config_dict[VERIFIER].verify(credential)
+        email = verified.identity.email
+        user, token = await _sign_in(request, verified)
+    except ApiError as error:
+        await audit.record(
+            pool, "login_failed", user_id=None, **client, error=error.code, email=email
+        )
+        raise
+    response = web.json_response({"user": user.public()})
+    config = request.config_dict[CONFIG]
+    set_session_cookie(response, config, token)
+    delete_nonce_cookie(response, config)
+    return response
+
+
+async def _read_credential(request: web.Request) -> str:
+    body = await read_json_object(request)
+    credential = body.get("credential")
+    if not isinstance(credential, str) or not credential.strip():
+        raise BadRequest("missing_credential", "The body needs a non-empty 'credential' string.")
+    return credential.strip()
+
+
+async def _sign_in(request: web.Request, verified: auth.VerifiedToken) -> tuple[users.User, str]:
+    config = request.config_dict[CONFIG]
+    pool = request.config_dict[POOL]
+    client = client_of(request)
+    secret = request.cookies.get(config.nonce_cookie_name)
+    if not secret or verified.nonce is None or not nonces.matches(secret, verified.nonce):
+        raise Unauthorized(
+            "invalid_nonce", "The sign-in does not match this browser's login nonce."
+        )
+    # Spent on its own, before anything can roll back, so a replay fails on every instance.
+    if not await nonces.spend(pool, verified.nonce, until=verified.expires_at + CLOCK_SKEW):
+        raise Unauthorized("nonce_replayed", "This sign-in token has already been used.")
+    identity = verified.identity
+    if not identity.is_allowed(config):
+        raise Forbidden("not_allowed", "This Google account may not sign in here.")
+    async with pool.acquire() as conn, conn.transaction():
+        user = await users.sign_in(
+            conn, identity, make_admin=identity.email.lower() in config.admin_emails
+        )
+        # A new session on every sign-in; any session the browser brought is ended (no fixation).
+        previous = request.cookies.get(config.session_cookie_name)
+        if previous and (ended := await sessions.invalidate_session_token(conn, previous)):
+            await audit.record(
+                conn,
+                "session_revoked",
+                user_id=ended[1],
+                **client,
+                session_id=str(ended[0]),
+                reason="replaced_by_login",
+            )
+        token = sessions.generate_session_token()
+        session = await sessions.create_session(
+            conn, token, user.id, lifetime=config.session_absolute_timeout, **client
+        )
+        await audit.record(conn, "login_ok", user_id=user.id, **client, session_id=str(session.id))
+    return user, token
+
+
+@routes.post("/logout")
+@public
+async def logout(request: web.Request) -> web.Response:
+    config = request.config_dict[CONFIG]
+    token = request.cookies.get(config.session_cookie_name)
+    if token:
+        pool = request.config_dict[POOL]
+        ended = await sessions.invalidate_session_token(pool, token)
+        if ended:
+            await audit.record(
+                pool, "logout", user_id=ended[1], **client_of(request), session_id=str(ended[0])
+            )
+    response = web.Response(status=204)
+    delete_session_cookie(response, config)
+    return response
