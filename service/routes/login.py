@@ -16,6 +16,7 @@ from service.cookies import (
 )
 from service.db import POOL
 from service.errors import ApiError, BadRequest, Forbidden, Unauthorized
+from service.middleware import REQUEST_LOG
 from service.payload import client_of, read_json_object
 
 routes = web.RouteTableDef()
@@ -63,6 +64,7 @@ async def login(request: web.Request) -> web.Response:
             pool, "login_failed", user_id=None, **client, error=error.code, email=email
         )
         raise
+    request[REQUEST_LOG].user_id = user.id
     response = web.json_response({"user": user.public()})
     config = request.config_dict[CONFIG]
     set_session_cookie(response, config, token)
