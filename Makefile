@@ -1,0 +1,34 @@
+# `make run` and `make test` set everything up on a fresh machine (Python 3.11+, nothing else).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+
+# make run: the embedded Postgres, demo data and the dev login, over plain http on loopback.
+RUN_ENV := DEV_LOGIN=$${DEV_LOGIN:-1} COOKIE_SECURE=$${COOKIE_SECURE:-false}
+
+.PHONY: install run test lint clean
+
+$(INSTALLED): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(INSTALLED)
+
+run: $(INSTALLED)
+	$(RUN_ENV) $(BIN)/python -m service migrate
+	$(RUN_ENV) $(BIN)/python -m service seed-demo
+	$(RUN_ENV) $(BIN)/python -m service serve --no-migrate
+
+lint: $(INSTALLED)
+	$(BIN)/ruff check service migrations tests
+	$(BIN)/ruff format --check service migrations tests
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) .data .mypy_cache .ruff_cache .pytest_cache
