@@ -9,7 +9,7 @@ rules (issuer, `nbf`, algorithm) are checked here.
 from __future__ import annotations
 
 import asyncio
-import functools
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 GOOGLE_ISSUERS = frozenset({"accounts.google.com", "https://accounts.google.com"})
 CLOCK_SKEW = 10  # seconds allowed either way on exp, iat and nbf
 CERTS_TIMEOUT = 10
+MAX_EXP = 253402300800  # 10000-01-01: beyond it neither Postgres nor datetime can hold the time
 
 # google-auth says what failed only in its messages; these map them to stable error codes.
 _FAILURES = (
@@ -115,7 +116,9 @@ class TokenVerifier:
             raise ServiceUnavailable(
                 "certs_unavailable", "Google's signing keys could not be fetched; try again."
             ) from None
-        except ValueError as error:  # google-auth's InvalidValue and MalformedError
+        # google-auth's InvalidValue and MalformedError; TypeError on a non-numeric exp or iat;
+        # RecursionError on a deeply nested header or payload.
+        except (ValueError, TypeError, RecursionError) as error:
             raise _unauthorized(str(error)) from None
         _check_claims(claims)
         nonce = claims.get("nonce")
@@ -141,8 +144,7 @@ class TokenVerifier:
                 audience=self.audiences,
                 clock_skew_in_seconds=CLOCK_SKEW,
             )
-        # verify_token only calls request(url, method="GET"); the partial adds a timeout.
-        fetch: Any = functools.partial(self._request, timeout=CERTS_TIMEOUT)
+        fetch: Any = self._fetch_certs  # google-auth types it as a Request; it is only called
         return id_token.verify_token(
             token,
             fetch,
@@ -151,11 +153,23 @@ class TokenVerifier:
             clock_skew_in_seconds=CLOCK_SKEW,
         )
 
+    def _fetch_certs(self, url: str, method: str = "GET", **kwargs: Any) -> Any:
+        """verify_token's request, with a timeout; a body that is not certs is Google's failure."""
+        response = self._request(url, method=method, timeout=CERTS_TIMEOUT, **kwargs)
+        if response.status == 200:
+            try:
+                certs = json.loads(response.data)
+            except ValueError:
+                certs = None
+            if not isinstance(certs, dict):
+                raise google.auth.exceptions.TransportError("the certs are not a JSON object")
+        return response
+
 
 def _header(token: str) -> Mapping[str, Any]:
     try:
         header = jwt.decode_header(token)
-    except (ValueError, TypeError, UnicodeDecodeError):
+    except (ValueError, TypeError, RecursionError):
         raise Unauthorized("malformed_token", "The credential is not a valid ID token.") from None
     if not isinstance(header, Mapping):
         raise Unauthorized("malformed_token", "The credential is not a valid ID token.")
@@ -176,6 +190,9 @@ def _check_claims(claims: Mapping[str, Any]) -> None:
     nbf = claims.get("nbf")
     if nbf is not None and (not isinstance(nbf, int | float) or nbf > time.time() + CLOCK_SKEW):
         raise Unauthorized("token_used_too_early", "The sign-in token is not valid yet.")
+    exp = claims.get("exp")
+    if isinstance(exp, bool) or not isinstance(exp, int | float) or not 0 < exp < MAX_EXP:
+        raise Unauthorized("malformed_token", "The sign-in token has no valid exp.")
     for name in ("sub", "email"):
         if not isinstance(claims.get(name), str) or not claims[name]:
             raise Unauthorized("malformed_token", f"The sign-in token has no {name}.")

@@ -20,7 +20,7 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
         )
     try:
         body = json.loads(await request.read())
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):  # bad UTF-8 or JSON, too deep, too many digits
         raise BadRequest("bad_json", "The body is not valid JSON.") from None
     if not isinstance(body, dict):
         raise BadRequest("bad_json", "The body must be a JSON object.")
