@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -97,6 +98,7 @@ class TokenVerifier:
         session = cachecontrol.CacheControl(requests.Session())
         self._http = session
         self._request = google.auth.transport.requests.Request(session=session)
+        self._fetch_lock = threading.Lock()
 
     def close(self) -> None:
         self._http.close()
@@ -155,7 +157,9 @@ class TokenVerifier:
 
     def _fetch_certs(self, url: str, method: str = "GET", **kwargs: Any) -> Any:
         """verify_token's request, with a timeout; a body that is not certs is Google's failure."""
-        response = self._request(url, method=method, timeout=CERTS_TIMEOUT, **kwargs)
+        # One fetch at a time: logins arriving together on a cold cache share the first fetch.
+        with self._fetch_lock:
+            response = self._request(url, method=method, timeout=CERTS_TIMEOUT, **kwargs)
         if response.status == 200:
             try:
                 certs = json.loads(response.data)

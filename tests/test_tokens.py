@@ -549,6 +549,16 @@ async def test_many_logins_fetch_the_certs_once(service: Service, issuer: Issuer
     assert issuer.cert_fetches == 1
 
 
+async def test_simultaneous_first_logins_share_one_certs_fetch(
+    service: Service, issuer: Issuer
+) -> None:
+    browsers = [service.browser() for _ in range(6)]
+    await asyncio.gather(
+        *(browser.sign_in(issuer, email=f"user{i}@gmail.com") for i, browser in enumerate(browsers))
+    )
+    assert issuer.cert_fetches == 1
+
+
 async def test_unreachable_certs_answer_503_certs_unavailable(
     start_service: Any, unused_tcp_port_factory: Any, issuer: Issuer, db: asyncpg.Pool
 ) -> None:
