@@ -178,7 +178,8 @@ async def start_service(
 
     async def start(**overrides: Any) -> Service:
         port = unused_tcp_port_factory()
-        config = service_config(database_url, issuer.certs_url, port, **overrides)
+        url = overrides.pop("database_url", database_url)
+        config = service_config(url, issuer.certs_url, port, **overrides)
         server = await aiohttp_server(create_app(config), port=port, access_log=None)
         service = Service(config, str(server.make_url("")).rstrip("/"))
         services.append(service)
