@@ -1,4 +1,7 @@
-"""Access levels: each handler declares whether it is public, for signed-in users, or for admins."""
+"""Access levels: each handler declares whether it is public; every other one needs a session.
+
+Admin handlers live in the admin sub-app, whose own middleware admits administrators only.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,6 @@ Handler = TypeVar("Handler", bound=Callable[..., Any])
 class Access(enum.Enum):
     PUBLIC = "public"
     SIGNED_IN = "signed_in"
-    ADMIN = "admin"
 
 
 def _declare(access: Access) -> Callable[[Handler], Handler]:
@@ -24,8 +26,6 @@ def _declare(access: Access) -> Callable[[Handler], Handler]:
 
 
 public = _declare(Access.PUBLIC)
-signed_in = _declare(Access.SIGNED_IN)
-admin_only = _declare(Access.ADMIN)
 
 
 def access_of(handler: Callable[..., Any]) -> Access:

@@ -12,7 +12,8 @@ from service.config import CONFIG, Config
 from service.db import pool_ctx
 from service.payload import MAX_BODY_BYTES
 from service.ratelimit import RateLimiter
-from service.routes import health, login, user
+from service.routes import customers, health, login, sessions, user
+from service.routes.admin import create_admin_app
 from service.sessions import purge_ctx
 
 # Probes must answer straight from the load balancer, with no proxy in between.
@@ -33,21 +34,24 @@ def create_app(config: Config) -> web.Application:
     app.add_routes(health.routes)
 
     api = web.Application(middlewares=[middleware.rate_limit, middleware.csrf, middleware.session])
-    api.add_routes(login.routes)
-    api.add_routes(user.routes)
+    for area in (login, user, customers, sessions):
+        api.add_routes(area.routes)
     if config.dev_login:
         issuer = devlogin.DevIssuer()
         app[devlogin.DEV_ISSUER] = issuer
         app[LOCAL_CERTS] = issuer.certs
         api.add_routes(devlogin.routes)
-    _allow_cross_origin(api, config.allowed_origins)
+    admin = create_admin_app()
+    for sub_app in (api, admin):
+        _allow_cross_origin(sub_app, config.allowed_origins)
+    api.add_subapp("/admin", admin)
     app.add_subapp("/api", api)
 
     app.cleanup_ctx.extend([pool_ctx, verifier_ctx, purge_ctx])
     return app
 
 
-def _allow_cross_origin(api: web.Application, origins: tuple[str, ...]) -> None:
+def _allow_cross_origin(sub_app: web.Application, origins: tuple[str, ...]) -> None:
     """CORS with credentials for ALLOWED_ORIGINS; the CSRF check trusts the same list."""
     if not origins:
         return
@@ -57,6 +61,6 @@ def _allow_cross_origin(api: web.Application, origins: tuple[str, ...]) -> None:
         allow_methods=("GET", "POST", "PUT", "PATCH", "DELETE"),
         max_age=600,
     )
-    cors = aiohttp_cors.setup(api, defaults=dict.fromkeys(origins, options))
-    for route in list(api.router.routes()):
+    cors = aiohttp_cors.setup(sub_app, defaults=dict.fromkeys(origins, options))
+    for route in list(sub_app.router.routes()):
         cors.add(route)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -28,3 +30,39 @@ async def record(
         user_agent,
         detail,
     )
+
+
+@dataclass(frozen=True)
+class AuthEvent:
+    id: int
+    at: datetime
+    kind: str
+    user_id: int | None
+    email: str | None
+    ip: str | None
+    user_agent: str
+    detail: dict[str, Any]
+
+    def public(self) -> dict[str, Any]:
+        return {**asdict(self), "at": self.at.isoformat()}
+
+
+async def list_page(
+    pool: asyncpg.Pool, *, user_id: int | None, kind: str | None, before: int | None, limit: int
+) -> list[AuthEvent]:
+    """Events newest first; `before` is the id of the last event of the previous page."""
+    rows = await pool.fetch(
+        """
+        SELECT e.id, e.at, e.kind, e.user_id, u.email, e.ip, e.user_agent, e.detail
+        FROM auth_events e LEFT JOIN users u ON u.id = e.user_id
+        WHERE ($1::bigint IS NULL OR e.user_id = $1)
+          AND ($2::text IS NULL OR e.kind = $2)
+          AND ($3::bigint IS NULL OR e.id < $3)
+        ORDER BY e.id DESC LIMIT $4
+        """,
+        user_id,
+        kind,
+        before,
+        limit,
+    )
+    return [AuthEvent(**dict(row)) for row in rows]

@@ -9,6 +9,8 @@ Order, outermost first (see `create_app`):
       rate_limit    counts a login attempt before anything can refuse it
       csrf          refuses cross-site unsafe requests before they touch a session
       session       resolves the session cookie and enforces the handler's access level
+      /api/admin only:
+        require_admin   admits administrators only
 """
 
 from __future__ import annotations
@@ -157,9 +159,14 @@ async def session(request: web.Request, handler: Handler) -> web.StreamResponse:
     request[REQUEST_LOG].user_id = current.user.id
     if current.user.disabled:
         raise Forbidden("user_disabled", "This account is disabled.")
-    if access is Access.ADMIN and not current.user.admin:
-        raise Forbidden("admin_only", "This needs an administrator.")
     request[CURRENT_SESSION] = current
+    return await handler(request)
+
+
+@web.middleware
+async def require_admin(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.match_info.http_exception is None and not request[CURRENT_SESSION].user.admin:
+        raise Forbidden("admin_only", "This needs an administrator.")
     return await handler(request)
 
 

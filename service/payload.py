@@ -1,15 +1,18 @@
-"""Request bodies: JSON objects only, with a clear 400 for anything else."""
+"""Request input: JSON bodies, query parameters and path ids, each with a clear 400 or 404."""
 
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 from aiohttp import web
+from email_validator import EmailNotValidError, validate_email
 
-from service.errors import BadRequest
+from service.errors import BadRequest, NotFound
 
 MAX_BODY_BYTES = 64 * 1024
+MAX_BIGINT = 2**63 - 1
 
 
 async def read_json_object(request: web.Request) -> dict[str, Any]:
@@ -30,3 +33,67 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
 def client_of(request: web.Request) -> dict[str, Any]:
     """Who made the request, as sessions and audit events record it."""
     return {"ip": request.remote, "user_agent": request.headers.get("User-Agent", "")[:512]}
+
+
+def query_int(request: web.Request, name: str, default: int, *, low: int, high: int) -> int:
+    raw = request.query.get(name, "")
+    if raw == "":
+        return default
+    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
+        raise BadRequest(
+            f"invalid_{name}", f"'{name}' must be a whole number from {low} to {high}."
+        )
+    return int(raw)
+
+
+def query_text(request: web.Request, name: str, *, max_length: int = 200) -> str | None:
+    raw = request.query.get(name, "").strip()
+    if len(raw) > max_length:
+        raise BadRequest(f"invalid_{name}", f"'{name}' must be at most {max_length} characters.")
+    return raw or None
+
+
+def path_id(request: web.Request, what: str) -> int:
+    """The `{id}` of a row keyed by bigint; anything that cannot be one is simply not found."""
+    raw = request.match_info["id"]
+    if not (raw.isascii() and raw.isdigit()) or not 0 < int(raw) <= MAX_BIGINT:
+        raise NotFound("not_found", f"No such {what}.")
+    return int(raw)
+
+
+def path_uuid(request: web.Request, what: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(request.match_info["id"])
+    except ValueError:
+        raise NotFound("not_found", f"No such {what}.") from None
+
+
+def text_field(body: dict[str, Any], name: str, *, max_length: int, required: bool = True) -> str:
+    value = body.get(name)
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str) or not 1 <= len(value.strip()) <= max_length:
+        raise BadRequest(
+            f"invalid_{name}", f"'{name}' must be text of 1 to {max_length} characters."
+        )
+    return value.strip()
+
+
+def email_field(body: dict[str, Any], name: str = "email") -> str:
+    value = body.get(name)
+    if not isinstance(value, str) or len(value) > 254:
+        raise BadRequest(f"invalid_{name}", f"'{name}' must be an email address.")
+    try:
+        # No DNS: a request must never wait on it, and the demo's example.com has no mail server.
+        return validate_email(value.strip(), check_deliverability=False).normalized
+    except EmailNotValidError as error:
+        raise BadRequest(
+            f"invalid_{name}", f"'{name}' is not a valid email address: {error}"
+        ) from None
+
+
+def bool_field(body: dict[str, Any], name: str) -> bool | None:
+    value = body.get(name)
+    if value is not None and not isinstance(value, bool):
+        raise BadRequest(f"invalid_{name}", f"'{name}' must be true or false.")
+    return value

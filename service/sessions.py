@@ -127,6 +127,91 @@ async def invalidate_session_token(
     return None if row is None else (row["id"], row["user_id"])
 
 
+async def list_for_user(pool: asyncpg.Pool, user_id: int, *, idle_timeout: int) -> list[Session]:
+    """The user's live sessions, newest first."""
+    rows = await pool.fetch(
+        """
+        SELECT * FROM sessions
+        WHERE user_id = $1 AND expires_at > now()
+          AND last_seen_at > now() - make_interval(secs => $2)
+        ORDER BY created_at DESC, id
+        """,
+        user_id,
+        idle_timeout,
+    )
+    return [Session.from_row(row) for row in rows]
+
+
+async def invalidate_session(
+    conn: asyncpg.Connection | asyncpg.Pool, session_id: uuid.UUID, *, user_id: int | None = None
+) -> int | None:
+    """Delete one session (only if it is `user_id`'s, when given); the owner's id, or None."""
+    owner: int | None = await conn.fetchval(
+        """
+        DELETE FROM sessions WHERE id = $1 AND ($2::bigint IS NULL OR user_id = $2)
+        RETURNING user_id
+        """,
+        session_id,
+        user_id,
+    )
+    return owner
+
+
+async def invalidate_user_sessions(
+    conn: asyncpg.Connection | asyncpg.Pool, user_id: int, *, keep: uuid.UUID | None = None
+) -> int:
+    """Delete all of a user's sessions, but `keep`; how many there were."""
+    status: str = await conn.execute(
+        "DELETE FROM sessions WHERE user_id = $1 AND id IS DISTINCT FROM $2", user_id, keep
+    )
+    return int(status.split()[-1])
+
+
+@dataclass(frozen=True)
+class UserSession:
+    """A session with whose it is, as an administrator sees it."""
+
+    session: Session
+    user_id: int
+    email: str
+
+    def public(self) -> dict[str, Any]:
+        return {**self.session.public(), "user_id": self.user_id, "email": self.email}
+
+
+async def list_live(
+    pool: asyncpg.Pool, *, user_id: int | None, idle_timeout: int, offset: int, limit: int
+) -> tuple[list[UserSession], int]:
+    """Live sessions of everyone (or one user), newest first, and how many there are."""
+    rows = await pool.fetch(
+        """
+        SELECT s.*, u.email, count(*) OVER () AS total
+        FROM sessions s JOIN users u ON u.id = s.user_id
+        WHERE ($1::bigint IS NULL OR s.user_id = $1) AND s.expires_at > now()
+          AND s.last_seen_at > now() - make_interval(secs => $2)
+        ORDER BY s.created_at DESC, s.id
+        OFFSET $3 LIMIT $4
+        """,
+        user_id,
+        idle_timeout,
+        offset,
+        limit,
+    )
+    page = [UserSession(Session.from_row(row), row["user_id"], row["email"]) for row in rows]
+    if rows or offset == 0:
+        return page, rows[0]["total"] if rows else 0
+    total: int = await pool.fetchval(  # past the last page: count without it
+        """
+        SELECT count(*) FROM sessions
+        WHERE ($1::bigint IS NULL OR user_id = $1) AND expires_at > now()
+          AND last_seen_at > now() - make_interval(secs => $2)
+        """,
+        user_id,
+        idle_timeout,
+    )
+    return page, total
+
+
 async def purge_expired(pool: asyncpg.Pool, *, idle_timeout: int, batch: int = 1000) -> int:
     """Delete dead sessions and spent nonces in small batches, so no lock is held for long."""
     purged = 0

@@ -121,3 +121,92 @@ async def create(
         disabled,
     )
     return None if row is None else User.from_row(row)
+
+
+@dataclass(frozen=True)
+class UserSummary:
+    """A user as an administrator sees it, with the number of live sessions."""
+
+    user: User
+    live_sessions: int
+
+    def public(self) -> dict[str, Any]:
+        user = self.user
+        return {
+            **user.public(),
+            "disabled": user.disabled,
+            "linked": user.google_sub is not None,
+            "created_at": user.created_at.isoformat(),
+            "last_login_at": user.last_login_at.isoformat() if user.last_login_at else None,
+            "live_sessions": self.live_sessions,
+        }
+
+
+def _like_pattern(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+async def list_page(
+    pool: asyncpg.Pool, *, query: str | None, offset: int, limit: int, idle_timeout: int
+) -> tuple[list[UserSummary], int]:
+    """Users whose email or name contains `query`, oldest first, and how many match."""
+    pattern = None if query is None else _like_pattern(query)
+    rows = await pool.fetch(
+        """
+        SELECT u.*, count(*) OVER () AS total,
+               (SELECT count(*) FROM sessions s WHERE s.user_id = u.id AND s.expires_at > now()
+                  AND s.last_seen_at > now() - make_interval(secs => $2)) AS live_sessions
+        FROM users u
+        WHERE $1::text IS NULL OR u.email ILIKE $1 OR u.name ILIKE $1
+        ORDER BY u.id OFFSET $3 LIMIT $4
+        """,
+        pattern,
+        idle_timeout,
+        offset,
+        limit,
+    )
+    page = [UserSummary(User.from_row(row), row["live_sessions"]) for row in rows]
+    if rows or offset == 0:
+        return page, rows[0]["total"] if rows else 0
+    total: int = await pool.fetchval(  # past the last page: count without it
+        "SELECT count(*) FROM users WHERE $1::text IS NULL OR email ILIKE $1 OR name ILIKE $1",
+        pattern,
+    )
+    return page, total
+
+
+async def get(conn: asyncpg.Connection | asyncpg.Pool, user_id: int) -> User | None:
+    row = await conn.fetchrow("SELECT * FROM users WHERE id = $1", user_id)
+    return None if row is None else User.from_row(row)
+
+
+async def find_by_email(conn: asyncpg.Connection | asyncpg.Pool, email: str) -> User | None:
+    row = await conn.fetchrow("SELECT * FROM users WHERE lower(email) = lower($1)", email)
+    return None if row is None else User.from_row(row)
+
+
+async def set_flags(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    user_id: int,
+    *,
+    disabled: bool | None = None,
+    admin: bool | None = None,
+) -> User | None:
+    """Change `disabled` and/or `admin` (None keeps it); the user, or None if there is none."""
+    row = await conn.fetchrow(
+        """
+        UPDATE users SET disabled = coalesce($2, disabled), admin = coalesce($3, admin)
+        WHERE id = $1 RETURNING *
+        """,
+        user_id,
+        disabled,
+        admin,
+    )
+    return None if row is None else User.from_row(row)
+
+
+async def delete(conn: asyncpg.Connection | asyncpg.Pool, user_id: int) -> User | None:
+    """Delete a user (their sessions go with them); the deleted user, or None."""
+    row = await conn.fetchrow("DELETE FROM users WHERE id = $1 RETURNING *", user_id)
+    return None if row is None else User.from_row(row)

@@ -4,20 +4,17 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from service.access import signed_in
 from service.middleware import CURRENT_SESSION
 
 routes = web.RouteTableDef()
 
 
 @routes.get("/user")
-@signed_in
 async def get_user(request: web.Request) -> web.Response:
     return web.json_response(request[CURRENT_SESSION].user.public())
 
 
 @routes.get("/me")
-@signed_in
 async def get_me(request: web.Request) -> web.Response:
     current = request[CURRENT_SESSION]
     return web.json_response({"user": current.user.public(), "session": current.session.public()})
