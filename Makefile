@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
+# The frontend build is remade when anything it is built from changes.
+FRONTEND := frontend/build/.built
+FRONTEND_SOURCES := $(shell find frontend -path frontend/node_modules -prune -o -path frontend/build -prune -o -type f -print)
 
 # make run: the embedded Postgres, demo data and the dev login, over plain http on loopback.
 RUN_ENV := DEV_LOGIN=$${DEV_LOGIN:-1} COOKIE_SECURE=$${COOKIE_SECURE:-false}
@@ -15,9 +18,13 @@ $(INSTALLED): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
-install: $(INSTALLED)
+$(FRONTEND): $(FRONTEND_SOURCES)
+	cd frontend && npm ci --no-audit --no-fund && npm run build
+	touch $@
 
-run: $(INSTALLED)
+install: $(INSTALLED) $(FRONTEND)
+
+run: install
 	$(RUN_ENV) $(BIN)/python -m service migrate
 	$(RUN_ENV) $(BIN)/python -m service seed-demo
 	$(RUN_ENV) $(BIN)/python -m service serve --no-migrate
@@ -27,8 +34,8 @@ lint: $(INSTALLED)
 	$(BIN)/ruff format --check service migrations tests
 	$(BIN)/mypy
 
-test: lint
+test: lint $(FRONTEND)
 	$(BIN)/pytest
 
 clean:
-	rm -rf $(VENV) .data .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .data .mypy_cache .ruff_cache .pytest_cache frontend/node_modules frontend/build

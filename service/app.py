@@ -12,7 +12,7 @@ from service.config import CONFIG, Config
 from service.db import pool_ctx
 from service.payload import MAX_BODY_BYTES
 from service.ratelimit import RateLimiter
-from service.routes import customers, health, login, sessions, user
+from service.routes import customers, docs, health, login, sessions, user
 from service.routes.admin import create_admin_app
 from service.sessions import purge_ctx
 
@@ -32,9 +32,10 @@ def create_app(config: Config) -> web.Application:
     app[middleware.LOGIN_LIMITER] = RateLimiter(config.login_rate_limit)
     app.on_response_prepare.append(middleware.security_headers)
     app.add_routes(health.routes)
+    docs.add_assets(app)
 
     api = web.Application(middlewares=[middleware.rate_limit, middleware.csrf, middleware.session])
-    for area in (login, user, customers, sessions):
+    for area in (login, user, customers, sessions, docs):
         api.add_routes(area.routes)
     if config.dev_login:
         issuer = devlogin.DevIssuer()
