@@ -95,14 +95,15 @@ class Config:
         return shown
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
+    def from_env(cls, environ: Mapping[str, str] | None = None, *, serving: bool = True) -> Config:
+        """The configuration; commands that do not serve HTTP need no client ID."""
         env = os.environ if environ is None else environ
         reader = _Reader(env)
         host = reader.text("HOST", "127.0.0.1")
         port = reader.integer("PORT", 8080, low=1, high=65535)
         dev_login = reader.boolean("DEV_LOGIN", False)
         client_ids = reader.items("GOOGLE_CLIENT_ID")
-        if not client_ids and not dev_login:
+        if not client_ids and not dev_login and serving:
             raise ConfigError("GOOGLE_CLIENT_ID is required (or set DEV_LOGIN=1 for local use)")
         if dev_login and not is_loopback(host):
             raise ConfigError(

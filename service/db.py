@@ -49,7 +49,7 @@ def start_embedded(data_dir: Path = EMBEDDED_DATA_DIR) -> str:
     return url
 
 
-async def _init_connection(conn: asyncpg.Connection) -> None:
+async def init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
@@ -58,7 +58,7 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asy
         dsn,
         min_size=min_size,
         max_size=max_size,
-        init=_init_connection,
+        init=init_connection,
         timeout=CONNECT_TIMEOUT,
         command_timeout=COMMAND_TIMEOUT,
     )
