@@ -7,6 +7,7 @@ import asyncio
 import re
 import warnings
 from pathlib import Path
+
 import pytest
 
 from tests.conftest import Browser, Service
