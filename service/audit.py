@@ -49,8 +49,12 @@ class AuthEvent:
 
 async def list_page(
     pool: asyncpg.Pool, *, user_id: int | None, kind: str | None, before: int | None, limit: int
-) -> list[AuthEvent]:
-    """Events newest first; `before` is the id of the last event of the previous page."""
+) -> tuple[list[AuthEvent], int | None]:
+    """Events newest first, and the `before` of the next page (None on the last one).
+
+    `before` is the id of the last event of the previous page; one row more than asked for
+    tells whether there is a next page, so no empty last page is ever needed.
+    """
     rows = await pool.fetch(
         """
         SELECT e.id, e.at, e.kind, e.user_id, u.email, e.ip, e.user_agent, e.detail
@@ -63,6 +67,7 @@ async def list_page(
         user_id,
         kind,
         before,
-        limit,
+        limit + 1,
     )
-    return [AuthEvent(**dict(row)) for row in rows]
+    events = [AuthEvent(**dict(row)) for row in rows[:limit]]
+    return events, events[-1].id if len(rows) > limit else None

@@ -13,6 +13,19 @@ from service.errors import BadRequest, NotFound
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_BIGINT = 2**63 - 1
+MAX_DIGITS = len(str(MAX_BIGINT))
+
+
+def _whole_number(raw: str) -> int | None:
+    # Checking the length first keeps int() from ever seeing thousands of digits.
+    if not (raw.isascii() and raw.isdigit()) or len(raw.lstrip("0")) > MAX_DIGITS:
+        return None
+    return int(raw)
+
+
+def _storable(text: str) -> bool:
+    """Postgres text holds neither NUL nor a lone surrogate."""
+    return "\x00" not in text and text.encode(errors="replace").decode() == text
 
 
 async def read_json_object(request: web.Request) -> dict[str, Any]:
@@ -39,26 +52,29 @@ def query_int(request: web.Request, name: str, default: int, *, low: int, high: 
     raw = request.query.get(name, "")
     if raw == "":
         return default
-    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
+    value = _whole_number(raw)
+    if value is None or not low <= value <= high:
         raise BadRequest(
             f"invalid_{name}", f"'{name}' must be a whole number from {low} to {high}."
         )
-    return int(raw)
+    return value
 
 
 def query_text(request: web.Request, name: str, *, max_length: int = 200) -> str | None:
     raw = request.query.get(name, "").strip()
-    if len(raw) > max_length:
-        raise BadRequest(f"invalid_{name}", f"'{name}' must be at most {max_length} characters.")
+    if len(raw) > max_length or not _storable(raw):
+        raise BadRequest(
+            f"invalid_{name}", f"'{name}' must be text of at most {max_length} characters."
+        )
     return raw or None
 
 
 def path_id(request: web.Request, what: str) -> int:
     """The `{id}` of a row keyed by bigint; anything that cannot be one is simply not found."""
-    raw = request.match_info["id"]
-    if not (raw.isascii() and raw.isdigit()) or not 0 < int(raw) <= MAX_BIGINT:
+    value = _whole_number(request.match_info["id"])
+    if value is None or not 0 < value <= MAX_BIGINT:
         raise NotFound("not_found", f"No such {what}.")
-    return int(raw)
+    return value
 
 
 def path_uuid(request: web.Request, what: str) -> uuid.UUID:
@@ -72,7 +88,11 @@ def text_field(body: dict[str, Any], name: str, *, max_length: int, required: bo
     value = body.get(name)
     if value is None and not required:
         return ""
-    if not isinstance(value, str) or not 1 <= len(value.strip()) <= max_length:
+    if (
+        not isinstance(value, str)
+        or not 1 <= len(value.strip()) <= max_length
+        or not _storable(value)
+    ):
         raise BadRequest(
             f"invalid_{name}", f"'{name}' must be text of 1 to {max_length} characters."
         )

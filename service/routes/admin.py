@@ -167,12 +167,11 @@ async def revoke_session(request: web.Request) -> web.Response:
 @routes.get("/audit")
 async def list_audit(request: web.Request) -> web.Response:
     limit = query_int(request, "limit", 100, low=1, high=MAX_PAGE)
-    events = await audit.list_page(
+    events, next_before = await audit.list_page(
         request.config_dict[POOL],
         user_id=query_int(request, "user_id", 0, low=1, high=2**63 - 1) or None,
         kind=query_text(request, "kind", max_length=64),
         before=query_int(request, "before", 0, low=1, high=2**63 - 1) or None,
         limit=limit,
     )
-    next_before = events[-1].id if len(events) == limit else None
     return web.json_response({"results": [e.public() for e in events], "next_before": next_before})
