@@ -11,6 +11,7 @@ import uuid
 from typing import Any
 
 import asyncpg
+from email_validator import EmailNotValidError, validate_email
 
 from service import audit, sessions, users
 from service.config import Config
@@ -47,6 +48,10 @@ async def list_users(conn: asyncpg.Connection, config: Config) -> None:
 
 
 async def add_user(conn: asyncpg.Connection, email: str, admin: bool) -> None:
+    try:
+        email = validate_email(email, check_deliverability=False).normalized
+    except EmailNotValidError as error:
+        raise OperatorError(f"{email!r} is not a valid email address: {error}") from None
     user = await users.create(conn, email, admin=admin)
     if user is None:
         raise OperatorError(f"a user with the email {email} already exists")
@@ -75,7 +80,7 @@ async def set_user_flag(conn: asyncpg.Connection, email: str, **flag: bool) -> N
 
 
 async def list_sessions(conn: asyncpg.Connection, config: Config, email: str | None) -> None:
-    user_id = (await _user(conn, email)).id if email else None
+    user_id = (await _user(conn, email)).id if email is not None else None
     page, total = await sessions.list_live(
         conn, user_id=user_id, idle_timeout=config.session_idle_timeout, offset=0, limit=10_000
     )
@@ -144,7 +149,7 @@ async def _dispatch(conn: asyncpg.Connection, config: Config, args: Any) -> None
     elif args.action == "revoke":
         if (args.id is None) == (args.user is None):
             raise OperatorError("name one session ID, or --user EMAIL")
-        if args.id:
+        if args.id is not None:
             await revoke_session(conn, args.id)
         else:
             await revoke_user_sessions(conn, args.user)
