@@ -172,12 +172,14 @@ async def test_the_limit_can_be_500(ada: Browser, db: asyncpg.Pool) -> None:
         ("offset", "\uff11"),  # a full-width digit one
         ("offset", str(2**62 + 1)),
         ("offset", "9" * 40),
+        ("offset", "9" * 5000),  # past int()'s 4300-digit limit
         ("limit", "0"),
         ("limit", "-1"),
         ("limit", "501"),
         ("limit", "abc"),
         ("limit", "0x10"),
         ("limit", "9" * 40),
+        ("limit", "9" * 5000),
     ],
 )
 async def test_a_bad_offset_or_limit_is_400(
@@ -275,14 +277,20 @@ async def test_create_refuses_a_missing_name(ada: Browser, db: asyncpg.Pool) -> 
     assert await stored(db) == []
 
 
+@pytest.mark.parametrize("method", ["POST", "PUT"])
 @pytest.mark.parametrize("name", ["Ada\x00Lovelace", "Ada \ud800"])
-async def test_create_refuses_a_name_postgres_cannot_store_with_400(
-    ada: Browser, db: asyncpg.Pool, name: str
+async def test_a_name_postgres_cannot_store_is_400_not_500(
+    ada: Browser, db: asyncpg.Pool, method: str, name: str
 ) -> None:
-    response = await ada.post("/api/customer", json={"name": name, "email": "a@example.com"})
+    """A NUL or a lone surrogate is valid JSON but can never be stored in a text column."""
+    (customer_id,) = await seed(db, ("Ada", "ada@example.com"))
+    before = await stored(db)
+    path = "/api/customer" if method == "POST" else f"/api/customer/{customer_id}"
+
+    response = await ada.request(method, path, json={"name": name, "email": "a@example.com"})
 
     await assert_error(response, 400, "invalid_name")
-    assert await stored(db) == []
+    assert await stored(db) == before
 
 
 BAD_EMAILS: list[Any] = [
@@ -359,7 +367,7 @@ async def test_create_refuses_a_body_that_is_not_a_json_object(
 
 
 async def test_get_returns_the_customer(ada: Browser, db: asyncpg.Pool) -> None:
-    first, second = await seed(db, ("Ada", "ada@example.com"), ("Bob", "bob@example.com"))
+    _, second = await seed(db, ("Ada", "ada@example.com"), ("Bob", "bob@example.com"))
 
     response = await ada.get(f"/api/customer/{second}")
 
@@ -447,6 +455,7 @@ UNKNOWN_IDS = [
     str(MAX_BIGINT),
     str(MAX_BIGINT + 1),
     "9" * 40,
+    "9" * 5000,  # past int()'s 4300-digit limit
 ]
 
 
