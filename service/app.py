@@ -6,7 +6,7 @@ import aiohttp_cors
 from aiohttp import web
 from aiohttp_remotes import XForwardedStrict
 
-from service import devlogin, middleware, schema
+from service import devlogin, frontend, middleware, schema
 from service.auth import LOCAL_CERTS, verifier_ctx
 from service.config import CONFIG, Config
 from service.db import pool_ctx
@@ -32,7 +32,6 @@ def create_app(config: Config) -> web.Application:
     app[middleware.LOGIN_LIMITER] = RateLimiter(config.login_rate_limit)
     app.on_response_prepare.append(middleware.security_headers)
     app.add_routes(health.routes)
-    docs.add_assets(app)
 
     api = web.Application(middlewares=[middleware.rate_limit, middleware.csrf, middleware.session])
     for area in (login, user, customers, sessions, docs):
@@ -47,6 +46,7 @@ def create_app(config: Config) -> web.Application:
         _allow_cross_origin(sub_app, config.allowed_origins)
     api.add_subapp("/admin", admin)
     app.add_subapp("/api", api)
+    frontend.add_routes(app)
 
     app.cleanup_ctx.extend([pool_ctx, verifier_ctx, purge_ctx])
     return app

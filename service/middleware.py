@@ -155,7 +155,8 @@ async def session(request: web.Request, handler: Handler) -> web.StreamResponse:
             touch_interval=config.touch_interval,
         )
     if current is None:
-        raise Unauthorized("not_signed_in", "Sign in to continue.")
+        message = "Your session has ended; sign in again." if token else "Sign in to continue."
+        raise Unauthorized("not_signed_in", message)
     request[REQUEST_LOG].user_id = current.user.id
     if current.user.disabled:
         raise Forbidden("user_disabled", "This account is disabled.")
@@ -173,6 +174,9 @@ async def require_admin(request: web.Request, handler: Handler) -> web.StreamRes
 async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
     """on_response_prepare: runs for every response, streamed files and errors included."""
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "strict-origin-when-cross-origin")
+    # Google's sign-in popup must be able to message this window back.
+    response.headers.setdefault("Cross-Origin-Opener-Policy", "same-origin-allow-popups")
     if request.path.startswith("/api/"):
         response.headers["Cache-Control"] = "no-store"
     if request.config_dict[CONFIG].hsts:
