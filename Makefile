@@ -22,6 +22,11 @@ $(FRONTEND): $(FRONTEND_SOURCES)
 	cd frontend && npm ci --no-audit --no-fund && npm run build
 	touch $@
 
+# The browser tests drive Debian's Chromium (Playwright never downloads a browser here).
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
 install: $(INSTALLED) $(FRONTEND)
 
 run: install
@@ -34,7 +39,7 @@ lint: $(INSTALLED)
 	$(BIN)/ruff format --check service migrations tests
 	$(BIN)/mypy
 
-test: lint $(FRONTEND)
+test: lint $(FRONTEND) $(CHROMIUM)
 	$(BIN)/pytest
 
 clean:

@@ -200,3 +200,40 @@ async def service(start_service: Any) -> Service:
 @pytest.fixture
 async def browser(service: Service) -> Browser:
     return service.browser()
+
+
+# -- a real browser: Debian's Chromium driven by Playwright --------------------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+ARTIFACTS = Path(__file__).parent.parent / "test-artifacts"
+
+
+@pytest.fixture
+async def chromium() -> AsyncIterator[Any]:
+    """Headless Chromium; each test opens its own contexts (a context is one browser profile)."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        yield browser
+        await browser.close()
+
+
+@pytest.fixture
+async def web_app(start_service: Any, database_url: str) -> Service:
+    """The service as `make run` runs it: the dev login and the demo data."""
+    from service import demo
+
+    await demo.seed(database_url)
+    started: Service = await start_service(dev_login=True, google_client_ids=())
+    return started
