@@ -10,11 +10,11 @@ from service import devlogin, frontend, middleware, schema
 from service.auth import LOCAL_CERTS, verifier_ctx
 from service.config import CONFIG, Config
 from service.db import pool_ctx
+from service.housekeeping import purge_ctx
 from service.payload import MAX_BODY_BYTES
 from service.ratelimit import RateLimiter
 from service.routes import customers, docs, health, login, sessions, user
 from service.routes.admin import create_admin_app
-from service.sessions import purge_ctx
 
 # Probes must answer straight from the load balancer, with no proxy in between.
 UNPROXIED_PATHS = ("/healthz", "/readyz")
@@ -33,7 +33,7 @@ def create_app(config: Config) -> web.Application:
     app.on_response_prepare.append(middleware.security_headers)
     app.add_routes(health.routes)
 
-    api = web.Application(middlewares=[middleware.rate_limit, middleware.csrf, middleware.session])
+    api = web.Application(middlewares=[middleware.csrf, middleware.rate_limit, middleware.session])
     for area in (login, user, customers, sessions, docs):
         api.add_routes(area.routes)
     if config.dev_login:

@@ -16,6 +16,7 @@ from aiohttp import web
 from service import db, demo, operator, schema
 from service.app import create_app
 from service.config import Config, ConfigError
+from service.errors import ApiError
 from service.logs import setup_logging
 
 log = logging.getLogger("service")
@@ -56,6 +57,8 @@ def main(argv: list[str] | None = None) -> None:
             run(config)
     except operator.OperatorError as error:
         sys.exit(f"error: {error}")
+    except ApiError as error:  # a refusal the API would give too, such as removing the last admin
+        sys.exit(f"error: {error.message}")
     except (OSError, asyncpg.PostgresError, sqlalchemy.exc.SQLAlchemyError) as error:
         sys.exit(f"database error: {error}")
 

@@ -15,6 +15,7 @@ GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
 GOOGLE_CLIENT_SCRIPT_URL = "https://accounts.google.com/gsi/client"
 DEV_CLIENT_ID = "dev-login.apps.localhost"
 
+TEN_YEARS = 10 * 365 * 86400
 _PERIODS = {"second": 1, "minute": 60, "hour": 3600}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -114,6 +115,8 @@ class Config:
         reader.check(
             "PUBLIC_URL", public_url, _is_origin(public_url), "must be http(s)://host[:port]"
         )
+        if dev_login and not is_loopback(urlsplit(public_url).hostname or ""):
+            raise ConfigError(f"DEV_LOGIN=1 is refused unless PUBLIC_URL is loopback: {public_url}")
         certs_url = reader.text("GOOGLE_CERTS_URL", GOOGLE_CERTS_URL)
         reader.check(
             "GOOGLE_CERTS_URL",
@@ -121,7 +124,7 @@ class Config:
             _is_certs_url(certs_url),
             "must be https (plain http only for a loopback host)",
         )
-        origins = tuple(o.rstrip("/") for o in reader.items("ALLOWED_ORIGINS"))
+        origins = reader.items("ALLOWED_ORIGINS")
         for origin in origins:
             reader.check(
                 "ALLOWED_ORIGINS", origin, _is_origin(origin), "must be http(s)://host[:port]"
@@ -129,6 +132,9 @@ class Config:
         proxies = reader.items("TRUSTED_PROXIES")
         for proxy in proxies:
             reader.check("TRUSTED_PROXIES", proxy, _is_network(proxy), "must be an IP or a network")
+        if dev_login and proxies:
+            # Behind a proxy, loopback is reachable by whoever the proxy lets in.
+            raise ConfigError("DEV_LOGIN=1 is refused with TRUSTED_PROXIES set")
         log_format = reader.text("LOG_FORMAT", "text")
         reader.check(
             "LOG_FORMAT", log_format, log_format in ("text", "json"), "must be text or json"
@@ -141,12 +147,16 @@ class Config:
             google_client_ids=client_ids,
             google_certs_url=certs_url,
             cookie_secure=reader.boolean("COOKIE_SECURE", True),
-            session_idle_timeout=reader.integer("SESSION_IDLE_TIMEOUT", 1800, low=1),
-            session_absolute_timeout=reader.integer("SESSION_ABSOLUTE_TIMEOUT", 86400, low=1),
+            session_idle_timeout=reader.integer(
+                "SESSION_IDLE_TIMEOUT", 1800, low=1, high=TEN_YEARS
+            ),
+            session_absolute_timeout=reader.integer(
+                "SESSION_ABSOLUTE_TIMEOUT", 86400, low=1, high=TEN_YEARS
+            ),
             admin_emails=frozenset(e.lower() for e in reader.items("ADMIN_EMAILS")),
             allowed_domains=frozenset(d.lower() for d in reader.items("ALLOWED_DOMAINS")),
             allowed_emails=frozenset(e.lower() for e in reader.items("ALLOWED_EMAILS")),
-            allowed_origins=origins,
+            allowed_origins=tuple(origin_of(origin) for origin in origins),
             login_rate_limit=reader.rate("LOGIN_RATE_LIMIT", "20/minute"),
             trusted_proxies=proxies,
             log_format=log_format,

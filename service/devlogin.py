@@ -26,6 +26,7 @@ from service.errors import BadRequest
 from service.payload import read_json_object
 
 CLIENT_SCRIPT = Path(__file__).parent / "static" / "dev-login-client.js"
+CLIENT_SCRIPT_PATH = "/api/dev-login/client.js"  # where /api/config points the frontend
 TOKEN_LIFETIME = 3600
 
 routes = web.RouteTableDef()

@@ -78,10 +78,10 @@ class Frontend:
     def _file(self, path: str) -> Path | None:
         try:
             file = (self.build / path).resolve()
-        except (OSError, ValueError):
+            # Only files inside the build, whatever the path says.
+            return file if file.is_relative_to(self.build) and file.is_file() else None
+        except (OSError, ValueError):  # a name too long for the file system, say
             return None
-        # Only files inside the build, whatever the path says.
-        return file if file.is_relative_to(self.build) and file.is_file() else None
 
 
 def add_routes(app: web.Application) -> None:

@@ -6,8 +6,9 @@ Order, outermost first (see `create_app`):
     errors          turns every exception below into JSON {"error", "message"}
     [forwarded]     the client IP from a trusted proxy's X-Forwarded-For (when configured)
     /api only:
-      rate_limit    counts a login attempt before anything can refuse it
-      csrf          refuses cross-site unsafe requests before they touch a session
+      csrf          refuses cross-site unsafe requests before anything else sees them (so
+                    another site cannot spend its visitors' login budget either)
+      rate_limit    counts every login attempt that gets this far, whatever its outcome
       session       resolves the session cookie and enforces the handler's access level
       /api/admin only:
         require_admin   admits administrators only
@@ -166,7 +167,10 @@ async def session(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 @web.middleware
 async def require_admin(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.match_info.http_exception is None and not request[CURRENT_SESSION].user.admin:
+    # CORS preflights and unmatched routes carry no session (see `session`).
+    if request.method == "OPTIONS" or request.match_info.http_exception is not None:
+        return await handler(request)
+    if not request[CURRENT_SESSION].user.admin:
         raise Forbidden("admin_only", "This needs an administrator.")
     return await handler(request)
 

@@ -18,12 +18,17 @@ def generate_nonce_secret() -> str:
 
 def nonce_for(secret: str) -> str:
     """The value Google puts in the ID token: base64url(sha256(secret)), unpadded."""
-    digest = hashlib.sha256(secret.encode()).digest()
+    digest = hashlib.sha256(secret.encode("utf-8", "surrogateescape")).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
 def matches(secret: str, nonce: str) -> bool:
-    return hmac.compare_digest(nonce_for(secret).encode(), nonce.encode())
+    return hmac.compare_digest(nonce_for(secret).encode(), nonce.encode("utf-8", "surrogateescape"))
+
+
+async def purge_spent(pool: asyncpg.Pool) -> None:
+    """Forget spent nonces whose tokens have expired (they can no longer be replayed)."""
+    await pool.execute("DELETE FROM spent_nonces WHERE expires_at <= now()")
 
 
 async def spend(conn: asyncpg.Connection | asyncpg.Pool, nonce: str, *, until: float) -> bool:

@@ -11,11 +11,12 @@ import uuid
 from typing import Any
 
 import asyncpg
-from email_validator import EmailNotValidError, validate_email
+from email_validator import EmailNotValidError
 
 from service import audit, sessions, users
 from service.config import Config
 from service.db import init_connection
+from service.payload import normalized_email
 
 # Who an operator change is recorded as: no user, no IP, the CLI as its user agent.
 CLI: dict[str, Any] = {"user_id": None, "ip": None, "user_agent": "python -m service"}
@@ -43,13 +44,13 @@ def _describe(user: users.User) -> str:
 
 
 async def list_users(conn: asyncpg.Connection, config: Config) -> None:
-    for row in await conn.fetch("SELECT * FROM users ORDER BY id"):
-        out(_describe(users.User.from_row(row)))
+    for user in await users.list_all(conn):
+        out(_describe(user))
 
 
 async def add_user(conn: asyncpg.Connection, email: str, admin: bool) -> None:
     try:
-        email = validate_email(email, check_deliverability=False).normalized
+        email = normalized_email(email)
     except EmailNotValidError as error:
         raise OperatorError(f"{email!r} is not a valid email address: {error}") from None
     user = await users.create(conn, email, admin=admin)

@@ -12,6 +12,7 @@ from email_validator import EmailNotValidError, validate_email
 from service.errors import BadRequest, NotFound
 
 MAX_BODY_BYTES = 64 * 1024
+MAX_PAGE = 500
 MAX_BIGINT = 2**63 - 1
 MAX_DIGITS = len(str(MAX_BIGINT))
 
@@ -45,7 +46,15 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
 
 def client_of(request: web.Request) -> dict[str, Any]:
     """Who made the request, as sessions and audit events record it."""
-    return {"ip": request.remote, "user_agent": request.headers.get("User-Agent", "")[:512]}
+    # Header bytes that are not UTF-8 arrive as surrogates, which Postgres text cannot hold.
+    agent = request.headers.get("User-Agent", "").encode(errors="replace").decode()
+    return {"ip": request.remote, "user_agent": agent.replace("\x00", "")[:512]}
+
+
+def page_params(request: web.Request) -> tuple[int, int]:
+    """`offset` and `limit` (100 unless given, at most MAX_PAGE) of a paged list."""
+    offset = query_int(request, "offset", 0, low=0, high=2**62)
+    return offset, query_int(request, "limit", 100, low=1, high=MAX_PAGE)
 
 
 def query_int(request: web.Request, name: str, default: int, *, low: int, high: int) -> int:
@@ -101,15 +110,22 @@ def text_field(body: dict[str, Any], name: str, *, max_length: int, required: bo
 
 def email_field(body: dict[str, Any], name: str = "email") -> str:
     value = body.get(name)
-    if not isinstance(value, str) or len(value) > 254:
+    if not isinstance(value, str):
         raise BadRequest(f"invalid_{name}", f"'{name}' must be an email address.")
     try:
-        # No DNS: a request must never wait on it, and the demo's example.com has no mail server.
-        return validate_email(value.strip(), check_deliverability=False).normalized
+        return normalized_email(value)
     except EmailNotValidError as error:
         raise BadRequest(
             f"invalid_{name}", f"'{name}' is not a valid email address: {error}"
         ) from None
+
+
+def normalized_email(value: str) -> str:
+    """email-validator's normal form of an address, or EmailNotValidError."""
+    if len(value) > 254:
+        raise EmailNotValidError("The address is too long.")
+    # No DNS: a request must never wait on it, and the demo's example.com has no mail server.
+    return validate_email(value.strip(), check_deliverability=False).normalized
 
 
 def bool_field(body: dict[str, Any], name: str) -> bool | None:

@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
-import logging
 import secrets
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import asyncpg
-from aiohttp import web
 
-from service.config import CONFIG
-from service.db import POOL
 from service.users import User
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -60,7 +51,8 @@ def generate_session_token() -> str:
 
 
 def hash_token(token: str) -> bytes:
-    return hashlib.sha256(token.encode()).digest()
+    # surrogateescape: a cookie with bytes that are not UTF-8 still hashes (to no session).
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
 
 
 async def create_session(
@@ -167,6 +159,23 @@ async def invalidate_user_sessions(
     return int(status.split()[-1])
 
 
+async def count_live(
+    pool: asyncpg.Pool, user_ids: list[int], *, idle_timeout: int
+) -> dict[int, int]:
+    """How many live sessions each of these users has (absent: none)."""
+    rows = await pool.fetch(
+        """
+        SELECT user_id, count(*) AS live FROM sessions
+        WHERE user_id = ANY($1::bigint[]) AND expires_at > now()
+          AND last_seen_at > now() - make_interval(secs => $2)
+        GROUP BY user_id
+        """,
+        user_ids,
+        idle_timeout,
+    )
+    return {row["user_id"]: row["live"] for row in rows}
+
+
 @dataclass(frozen=True)
 class UserSession:
     """A session with whose it is, as an administrator sees it."""
@@ -213,7 +222,7 @@ async def list_live(
 
 
 async def purge_expired(pool: asyncpg.Pool, *, idle_timeout: int, batch: int = 1000) -> int:
-    """Delete dead sessions and spent nonces in small batches, so no lock is held for long."""
+    """Delete dead sessions in small batches, so no lock is held for long."""
     purged = 0
     while True:
         status = await pool.execute(
@@ -230,34 +239,4 @@ async def purge_expired(pool: asyncpg.Pool, *, idle_timeout: int, batch: int = 1
         deleted = int(status.split()[-1])
         purged += deleted
         if deleted < batch:
-            break
-    await pool.execute("DELETE FROM spent_nonces WHERE expires_at <= now()")
-    return purged
-
-
-async def purge_forever(pool: asyncpg.Pool, *, idle_timeout: int, every: float) -> None:
-    while True:
-        try:
-            purged = await purge_expired(pool, idle_timeout=idle_timeout)
-        except (OSError, asyncpg.PostgresError) as error:
-            log.warning("purging expired sessions failed, will retry: %s", error)
-        else:
-            if purged:
-                log.info("purged %d expired sessions", purged)
-        await asyncio.sleep(every)
-
-
-PURGE_INTERVAL = 60.0
-
-
-async def purge_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Delete dead sessions in the background; requests never rely on it to refuse them."""
-    task = asyncio.create_task(
-        purge_forever(
-            app[POOL], idle_timeout=app[CONFIG].session_idle_timeout, every=PURGE_INTERVAL
-        )
-    )
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+            return purged

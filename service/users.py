@@ -148,25 +148,21 @@ def _like_pattern(text: str) -> str:
 
 
 async def list_page(
-    pool: asyncpg.Pool, *, query: str | None, offset: int, limit: int, idle_timeout: int
-) -> tuple[list[UserSummary], int]:
+    pool: asyncpg.Pool, *, query: str | None, offset: int, limit: int
+) -> tuple[list[User], int]:
     """Users whose email or name contains `query`, oldest first, and how many match."""
     pattern = None if query is None else _like_pattern(query)
     rows = await pool.fetch(
         """
-        SELECT u.*, count(*) OVER () AS total,
-               (SELECT count(*) FROM sessions s WHERE s.user_id = u.id AND s.expires_at > now()
-                  AND s.last_seen_at > now() - make_interval(secs => $2)) AS live_sessions
-        FROM users u
-        WHERE $1::text IS NULL OR u.email ILIKE $1 OR u.name ILIKE $1
-        ORDER BY u.id OFFSET $3 LIMIT $4
+        SELECT *, count(*) OVER () AS total FROM users
+        WHERE $1::text IS NULL OR email ILIKE $1 OR name ILIKE $1
+        ORDER BY id OFFSET $2 LIMIT $3
         """,
         pattern,
-        idle_timeout,
         offset,
         limit,
     )
-    page = [UserSummary(User.from_row(row), row["live_sessions"]) for row in rows]
+    page = [User.from_row(row) for row in rows]
     if rows or offset == 0:
         return page, rows[0]["total"] if rows else 0
     total: int = await pool.fetchval(  # past the last page: count without it
@@ -186,14 +182,31 @@ async def find_by_email(conn: asyncpg.Connection | asyncpg.Pool, email: str) -> 
     return None if row is None else User.from_row(row)
 
 
+# Changes that may take away an administrator take this lock in turn, so two admins demoting
+# each other at once cannot leave none.
+ADMIN_CHANGES_LOCK = 7_245_811_204
+
+
+async def _keep_an_admin(conn: asyncpg.Connection) -> None:
+    if not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM users WHERE admin AND NOT disabled)"):
+        raise Conflict("last_admin", "This would leave no enabled administrator.")
+
+
 async def set_flags(
-    conn: asyncpg.Connection | asyncpg.Pool,
+    conn: asyncpg.Connection,
     user_id: int,
     *,
     disabled: bool | None = None,
     admin: bool | None = None,
 ) -> User | None:
-    """Change `disabled` and/or `admin` (None keeps it); the user, or None if there is none."""
+    """Change `disabled` and/or `admin` (None keeps it); the user, or None if there is none.
+
+    Run inside a transaction; Conflict when no enabled administrator would be left.
+    """
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", ADMIN_CHANGES_LOCK)
+    before = await conn.fetchrow("SELECT admin, disabled FROM users WHERE id = $1", user_id)
+    if before is None:
+        return None
     row = await conn.fetchrow(
         """
         UPDATE users SET disabled = coalesce($2, disabled), admin = coalesce($3, admin)
@@ -203,10 +216,24 @@ async def set_flags(
         disabled,
         admin,
     )
-    return None if row is None else User.from_row(row)
+    assert row is not None
+    was_admin = before["admin"] and not before["disabled"]
+    if was_admin and (row["disabled"] or not row["admin"]):
+        await _keep_an_admin(conn)
+    return User.from_row(row)
 
 
-async def delete(conn: asyncpg.Connection | asyncpg.Pool, user_id: int) -> User | None:
-    """Delete a user (their sessions go with them); the deleted user, or None."""
+async def delete(conn: asyncpg.Connection, user_id: int) -> User | None:
+    """Delete a user (their sessions go with them); the deleted user, or None.
+
+    Run inside a transaction; Conflict when no enabled administrator would be left.
+    """
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", ADMIN_CHANGES_LOCK)
     row = await conn.fetchrow("DELETE FROM users WHERE id = $1 RETURNING *", user_id)
+    if row is not None and row["admin"] and not row["disabled"]:
+        await _keep_an_admin(conn)
     return None if row is None else User.from_row(row)
+
+
+async def list_all(conn: asyncpg.Connection | asyncpg.Pool) -> list[User]:
+    return [User.from_row(row) for row in await conn.fetch("SELECT * FROM users ORDER BY id")]

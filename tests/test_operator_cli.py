@@ -252,6 +252,7 @@ async def test_promote_and_demote_take_effect_on_the_next_request_of_an_existing
 
     assert promoted.lines == [f"{ada_id}\t{ADA}\tadmin\tlinked"]
     assert await status(browser, "/api/admin/users") == 200
+    await db.execute("INSERT INTO users (email, admin) VALUES ('other-admin@gmail.com', true)")
 
     demoted = (await cli(database_url, "users", "demote", ADA)).ok()
 
@@ -269,6 +270,24 @@ async def test_promote_and_demote_take_effect_on_the_next_request_of_an_existing
             {"target_user_id": ada_id, "changes": {"admin": False}, "sessions_revoked": 0},
         ),
     ]
+
+
+async def test_the_last_enabled_admin_cannot_be_demoted_or_disabled(
+    database_url: str, db: asyncpg.Pool
+) -> None:
+    await db.execute(
+        "INSERT INTO users (email, admin, disabled) VALUES ($1, true, false),"
+        " ('old-admin@gmail.com', true, true)",
+        ADA,
+    )
+
+    refusals = await asyncio.gather(
+        cli(database_url, "users", "demote", ADA), cli(database_url, "users", "disable", ADA)
+    )
+
+    for refused in refusals:
+        assert refused.error() == "error: This would leave no enabled administrator."
+    assert await db.fetchval("SELECT admin AND NOT disabled FROM users WHERE email = $1", ADA)
 
 
 async def test_disable_revokes_every_session_of_the_user_and_refuses_sign_in_until_enable(

@@ -13,6 +13,7 @@ import asyncpg
 import pytest
 from aiohttp import web
 
+from service import nonces
 from service.app import create_app
 from service.sessions import purge_expired
 from tests.conftest import Browser, Service, service_config
@@ -622,7 +623,7 @@ async def test_purge_deletes_spent_nonces_only_once_expired(db: asyncpg.Pool) ->
         """
     )
 
-    await purge_expired(db, idle_timeout=1800)
+    await nonces.purge_spent(db)
 
     assert [row["nonce"] for row in await db.fetch("SELECT nonce FROM spent_nonces")] == ["live"]
 

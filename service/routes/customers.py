@@ -9,11 +9,9 @@ from aiohttp import web
 from service import customers
 from service.db import POOL
 from service.errors import NotFound
-from service.payload import email_field, path_id, query_int, read_json_object, text_field
+from service.payload import email_field, page_params, path_id, read_json_object, text_field
 
 routes = web.RouteTableDef()
-
-MAX_PAGE = 500
 
 
 async def _fields(request: web.Request) -> tuple[str, str]:
@@ -30,8 +28,7 @@ def _found(customer: customers.Customer | None) -> dict[str, Any]:
 @routes.get("/customer")
 @routes.get("/customer/")
 async def list_customers(request: web.Request) -> web.Response:
-    offset = query_int(request, "offset", 0, low=0, high=2**62)
-    limit = query_int(request, "limit", 100, low=1, high=MAX_PAGE)
+    offset, limit = page_params(request)
     page, total = await customers.list_page(request.config_dict[POOL], offset=offset, limit=limit)
     return web.json_response({"results": [c.public() for c in page], "total": total})
 

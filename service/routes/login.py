@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from service import audit, auth, nonces, sessions, users
+from service import audit, auth, devlogin, nonces, sessions, users
 from service.access import public, rate_limited
 from service.auth import CLOCK_SKEW, VERIFIER
 from service.config import CONFIG, GOOGLE_CLIENT_SCRIPT_URL
@@ -21,14 +21,12 @@ from service.payload import client_of, read_json_object
 
 routes = web.RouteTableDef()
 
-DEV_CLIENT_SCRIPT_PATH = "/api/dev-login/client.js"
-
 
 @routes.get("/config")
 @public
 async def get_config(request: web.Request) -> web.Response:
     config = request.config_dict[CONFIG]
-    script = DEV_CLIENT_SCRIPT_PATH if config.dev_login else GOOGLE_CLIENT_SCRIPT_URL
+    script = devlogin.CLIENT_SCRIPT_PATH if config.dev_login else GOOGLE_CLIENT_SCRIPT_URL
     return web.json_response(
         {
             "google_client_id": config.client_ids[0],
@@ -96,9 +94,11 @@ async def _sign_in(request: web.Request, verified: auth.VerifiedToken) -> tuple[
     if not identity.is_allowed(config):
         raise Forbidden("not_allowed", "This Google account may not sign in here.")
     async with pool.acquire() as conn, conn.transaction():
-        user = await users.sign_in(
-            conn, identity, make_admin=identity.email.lower() in config.admin_emails
+        # ADMIN_EMAILS grants only where Google owns the address, as for linking a row.
+        make_admin = (
+            identity.google_is_authoritative and identity.email.lower() in config.admin_emails
         )
+        user = await users.sign_in(conn, identity, make_admin=make_admin)
         # A new session on every sign-in; any session the browser brought is ended (no fixation).
         previous = request.cookies.get(config.session_cookie_name)
         if previous and (ended := await sessions.invalidate_session_token(conn, previous)):
