@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 # The frontend build is remade when anything it is built from changes.
 FRONTEND := frontend/build/.built
-FRONTEND_SOURCES := $(shell find frontend -path frontend/node_modules -prune -o -path frontend/build -prune -o -type f -print)
+FRONTEND_SOURCES := $(shell find frontend \( -name node_modules -o -name build -o -name .svelte-kit \) -prune -o -type f -print)
 
 # make run: the embedded Postgres, demo data and the dev login, over plain http on loopback.
 RUN_ENV := DEV_LOGIN=$${DEV_LOGIN:-1} COOKIE_SECURE=$${COOKIE_SECURE:-false}
@@ -34,13 +34,16 @@ run: install
 	$(RUN_ENV) $(BIN)/python -m service seed-demo
 	$(RUN_ENV) $(BIN)/python -m service serve --no-migrate
 
-lint: $(INSTALLED)
+lint: $(INSTALLED) $(FRONTEND)
 	$(BIN)/ruff check service migrations tests
 	$(BIN)/ruff format --check service migrations tests
 	$(BIN)/mypy
+	cd frontend && npm run --silent check
 
-test: lint $(FRONTEND) $(CHROMIUM)
+test: lint $(CHROMIUM)
+	cd frontend && npm test --silent
 	$(BIN)/pytest
 
 clean:
-	rm -rf $(VENV) .data .mypy_cache .ruff_cache .pytest_cache frontend/node_modules frontend/build
+	rm -rf $(VENV) .data .mypy_cache .ruff_cache .pytest_cache .schemathesis test-artifacts \
+		frontend/node_modules frontend/build frontend/.svelte-kit
