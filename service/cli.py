@@ -11,17 +11,13 @@ from typing import Any
 
 import asyncpg
 import sqlalchemy.exc
-from aiohttp import web
 
-from service import db, demo, operator, schema
-from service.app import create_app
+from service import db, demo, operator, schema, server
 from service.config import Config, ConfigError
 from service.errors import ApiError
 from service.logs import setup_logging
 
 log = logging.getLogger("service")
-
-SHUTDOWN_TIMEOUT = 10.0
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -96,11 +92,4 @@ def run(config: Config) -> None:
             "Never use this in production.",
             config.public_url,
         )
-    web.run_app(
-        create_app(config),
-        host=config.host,
-        port=config.port,
-        access_log=None,  # service.middleware.access_log writes the access lines
-        print=lambda message: log.info("%s", message.strip()),
-        shutdown_timeout=SHUTDOWN_TIMEOUT,
-    )
+    server.serve(config)

@@ -50,6 +50,9 @@ class Config:
     trusted_proxies: tuple[str, ...] = ()
     log_format: str = "text"
     dev_login: bool = False
+    workers: int = 1
+    db_pool_size: int = 10
+    shutdown_timeout: int = 10
 
     @property
     def client_ids(self) -> tuple[str, ...]:
@@ -161,6 +164,9 @@ class Config:
             trusted_proxies=proxies,
             log_format=log_format,
             dev_login=dev_login,
+            workers=reader.integer("WORKERS", os.cpu_count() or 1, low=1, high=256),
+            db_pool_size=reader.integer("DB_POOL_SIZE", 10, low=1, high=1000),
+            shutdown_timeout=reader.integer("SHUTDOWN_TIMEOUT", 10, low=1, high=3600),
         )
 
 

