@@ -12,7 +12,6 @@ from service.config import CONFIG, Config
 from service.db import pool_ctx
 from service.housekeeping import purge_ctx
 from service.payload import MAX_BODY_BYTES
-from service.ratelimit import RateLimiter
 from service.routes import customers, docs, health, login, sessions, user
 from service.routes.admin import create_admin_app
 
@@ -29,7 +28,6 @@ def create_app(config: Config) -> web.Application:
         app.middlewares.append(forwarded.middleware)
     app[CONFIG] = config
     app[health.SCHEMA_HEAD] = schema.head_revision()
-    app[middleware.LOGIN_LIMITER] = RateLimiter(config.login_rate_limit)
     app.on_response_prepare.append(middleware.security_headers)
     app.add_routes(health.routes)
 

@@ -1,4 +1,4 @@
-"""Housekeeping: a background task that deletes dead sessions and spent nonces.
+"""Housekeeping: a background task that deletes dead sessions, spent nonces and old rate rows.
 
 Requests never rely on it: expiry is decided when a session is looked up.
 """
@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 from aiohttp import web
 
-from service import nonces, sessions
+from service import nonces, ratelimit, sessions
 from service.config import CONFIG
 from service.db import DATABASE_UNAVAILABLE, POOL
 
@@ -27,6 +27,7 @@ async def purge_forever(pool: asyncpg.Pool, *, idle_timeout: int, every: float) 
         try:
             purged = await sessions.purge_expired(pool, idle_timeout=idle_timeout)
             await nonces.purge_spent(pool)
+            await ratelimit.purge_expired(pool)
         except (*DATABASE_UNAVAILABLE, asyncpg.PostgresError) as error:
             log.warning("purging expired sessions failed, will retry: %s", type(error).__name__)
         else:

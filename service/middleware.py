@@ -23,11 +23,11 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from service import ratelimit
 from service.access import Access, access_of, is_rate_limited
 from service.config import CONFIG
 from service.db import DATABASE_UNAVAILABLE, POOL
 from service.errors import ApiError, Forbidden, TooManyRequests, Unauthorized, error_response
-from service.ratelimit import RateLimiter, retry_after
 from service.sessions import CurrentSession, validate_session_token
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,6 @@ class RequestLog:
 
 REQUEST_LOG = web.RequestKey("request_log", RequestLog)
 CURRENT_SESSION = web.RequestKey("current_session", CurrentSession)
-LOGIN_LIMITER = web.AppKey("login_limiter", RateLimiter)
 
 
 @web.middleware
@@ -110,12 +109,13 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 @web.middleware
 async def rate_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
     if is_rate_limited(handler):
-        wait = request.config_dict[LOGIN_LIMITER].hit(request.remote or "unknown")
+        limit = request.config_dict[CONFIG].login_rate_limit
+        wait = await ratelimit.hit(request.config_dict[POOL], request.remote or "unknown", limit)
         if wait:
             raise TooManyRequests(
                 "rate_limited",
                 "Too many sign-in attempts from this address; try again later.",
-                headers={"Retry-After": retry_after(wait)},
+                headers={"Retry-After": ratelimit.retry_after(wait)},
             )
     return await handler(request)
 

@@ -1,40 +1,47 @@
-"""Rate limiting: a sliding-window counter per client IP, kept in this process's memory."""
+"""Login rate limiting: the `login_rate` table, one row per client IP, shared by all workers.
+
+The generic cell rate algorithm: a limit of N per period lets N attempts through at once, then
+one more every period/N seconds. Each attempt is one upsert, so workers and instances agree.
+"""
 
 from __future__ import annotations
 
 import math
-import time
-from collections import deque
+
+import asyncpg
 
 from service.config import RateLimit
 
 
-class RateLimiter:
-    def __init__(self, limit: RateLimit) -> None:
-        self.limit = limit
-        self._hits: dict[str, deque[float]] = {}
-        self._last_sweep = time.monotonic()
-
-    def hit(self, key: str) -> float:
-        """Count one request; 0 when allowed, else the seconds until the next one would be."""
-        now = time.monotonic()
-        self._sweep(now)
-        hits = self._hits.setdefault(key, deque())
-        while hits and hits[0] <= now - self.limit.period:
-            hits.popleft()
-        if len(hits) >= self.limit.count:
-            return hits[0] + self.limit.period - now
-        hits.append(now)
+async def hit(pool: asyncpg.Pool, key: str, limit: RateLimit) -> float:
+    """Count one attempt; 0 when allowed, else the seconds until one more would be."""
+    interval = limit.period / limit.count
+    tolerance = limit.period - interval
+    allowed = await pool.fetchval(
+        """
+        INSERT INTO login_rate AS r (ip, tat) VALUES ($1, now() + make_interval(secs => $2))
+        ON CONFLICT (ip) DO UPDATE
+            SET tat = greatest(r.tat, now()) + make_interval(secs => $2)
+            WHERE greatest(r.tat, now()) <= now() + make_interval(secs => $3)
+        RETURNING true
+        """,
+        key,
+        interval,
+        tolerance,
+    )
+    if allowed:
         return 0.0
+    wait: float = await pool.fetchval(
+        "SELECT extract(epoch FROM tat - now()) - $2 FROM login_rate WHERE ip = $1",
+        key,
+        tolerance,
+    )
+    return max(wait, 0.0)
 
-    def _sweep(self, now: float) -> None:
-        # Forget idle clients now and then, so memory follows active clients only.
-        if now - self._last_sweep < self.limit.period:
-            return
-        self._last_sweep = now
-        horizon = now - self.limit.period
-        for key in [k for k, hits in self._hits.items() if not hits or hits[-1] <= horizon]:
-            del self._hits[key]
+
+async def purge_expired(pool: asyncpg.Pool) -> None:
+    """Forget clients whose budget is whole again."""
+    await pool.execute("DELETE FROM login_rate WHERE tat < now()")
 
 
 def retry_after(seconds: float) -> str:

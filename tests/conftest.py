@@ -26,7 +26,7 @@ from service.app import create_app
 from service.config import Config, RateLimit
 from tests.issuer import CLIENT_ID, Issuer
 
-TABLES = "users, sessions, auth_events, spent_nonces, customers"
+TABLES = "users, sessions, auth_events, spent_nonces, customers, login_rate"
 
 
 def with_database(url: str, name: str) -> str:

@@ -166,3 +166,18 @@ async def test_two_admins_demoting_each_other_at_once_leave_one_admin(
     statuses = sorted(response.status for response in results)
     assert statuses in ([200, 403], [200, 409]), statuses
     assert await db.fetchval("SELECT count(*) FROM users WHERE admin AND NOT disabled") == 1
+
+
+async def test_the_login_budget_is_shared_by_every_instance(
+    start_service: Any, issuer: Issuer
+) -> None:
+    limit = RateLimit(3, 60)
+    first = await start_service(login_rate_limit=limit)
+    second = await start_service(login_rate_limit=limit)
+    for service in (first, second, first):
+        await service.browser().sign_in(issuer)
+
+    refused = await second.browser().post("/api/login", json={"credential": "x"})
+
+    assert refused.status == 429
+    assert 1 <= int(refused.headers["Retry-After"]) <= 20
