@@ -72,6 +72,23 @@ def database_url(postgres_server_url: str) -> Iterator[str]:
 
 
 @pytest.fixture
+async def empty_database_url(postgres_server_url: str) -> AsyncIterator[str]:
+    """A database with nothing in it (no migrations) on the test server, dropped afterwards."""
+    name = f"service_empty_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(postgres_server_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    yield with_database(postgres_server_url, name)
+    conn = await asyncpg.connect(postgres_server_url)
+    try:
+        await conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
 async def db(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     """A pool on the test database, emptied before each test."""
     async with asyncpg.create_pool(database_url, min_size=1, max_size=2) as pool:

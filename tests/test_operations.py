@@ -11,9 +11,8 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 import warnings
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ from service.config import (
     RateLimit,
 )
 from service.logs import JsonFormatter
-from tests.conftest import Browser, Service, with_database
+from tests.conftest import Browser, Service
 from tests.issuer import Issuer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,23 +68,6 @@ async def alembic_versions(url: str) -> list[str]:
     conn = await asyncpg.connect(url)
     try:
         return [row[0] for row in await conn.fetch("SELECT version_num FROM alembic_version")]
-    finally:
-        await conn.close()
-
-
-@pytest.fixture
-async def empty_database_url(postgres_server_url: str) -> AsyncIterator[str]:
-    """A database with nothing in it (no migrations) on the test server, dropped afterwards."""
-    name = f"service_empty_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(postgres_server_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    yield with_database(postgres_server_url, name)
-    conn = await asyncpg.connect(postgres_server_url)
-    try:
-        await conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
     finally:
         await conn.close()
 
