@@ -52,6 +52,7 @@ class Config:
     dev_login: bool = False
     workers: int = 1
     db_pool_size: int = 10
+    db_statement_cache_size: int = 100
     shutdown_timeout: int = 10
 
     @property
@@ -166,6 +167,10 @@ class Config:
             dev_login=dev_login,
             workers=reader.integer("WORKERS", os.cpu_count() or 1, low=1, high=256),
             db_pool_size=reader.integer("DB_POOL_SIZE", 10, low=1, high=1000),
+            # 0 for PgBouncer in transaction mode, where prepared statements do not survive.
+            db_statement_cache_size=reader.integer(
+                "DB_STATEMENT_CACHE_SIZE", 100, low=0, high=100_000
+            ),
             shutdown_timeout=reader.integer("SHUTDOWN_TIMEOUT", 10, low=1, high=3600),
         )
 

@@ -53,11 +53,14 @@ async def init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
-async def create_pool(dsn: str, *, max_size: int = 10) -> asyncpg.Pool:
+async def create_pool(
+    dsn: str, *, max_size: int = 10, statement_cache_size: int = 100
+) -> asyncpg.Pool:
     pool: asyncpg.Pool = await asyncpg.create_pool(
         dsn,
         min_size=1,
         max_size=max_size,
+        statement_cache_size=statement_cache_size,
         init=init_connection,
         timeout=CONNECT_TIMEOUT,
         command_timeout=COMMAND_TIMEOUT,
@@ -69,6 +72,11 @@ async def pool_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     if config.database_url is None:
         raise RuntimeError("create_app needs a database_url; the CLI starts the embedded server")
-    async with await create_pool(config.database_url, max_size=config.db_pool_size) as pool:
+    pool = await create_pool(
+        config.database_url,
+        max_size=config.db_pool_size,
+        statement_cache_size=config.db_statement_cache_size,
+    )
+    async with pool:
         app[POOL] = pool
         yield
