@@ -14,6 +14,7 @@ from service.housekeeping import purge_ctx
 from service.payload import MAX_BODY_BYTES
 from service.routes import customers, docs, health, login, sessions, user
 from service.routes.admin import create_admin_app
+from service.session_cache import session_cache_ctx
 
 # Probes must answer straight from the load balancer, with no proxy in between.
 UNPROXIED_PATHS = ("/healthz", "/readyz")
@@ -46,7 +47,7 @@ def create_app(config: Config) -> web.Application:
     app.add_subapp("/api", api)
     frontend.add_routes(app)
 
-    app.cleanup_ctx.extend([pool_ctx, verifier_ctx, purge_ctx])
+    app.cleanup_ctx.extend([pool_ctx, session_cache_ctx, verifier_ctx, purge_ctx])
     return app
 
 

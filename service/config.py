@@ -54,6 +54,7 @@ class Config:
     db_pool_size: int = 10
     db_statement_cache_size: int = 100
     shutdown_timeout: int = 10
+    session_cache: bool = True
 
     @property
     def client_ids(self) -> tuple[str, ...]:
@@ -172,6 +173,7 @@ class Config:
                 "DB_STATEMENT_CACHE_SIZE", 100, low=0, high=100_000
             ),
             shutdown_timeout=reader.integer("SHUTDOWN_TIMEOUT", 10, low=1, high=3600),
+            session_cache=reader.boolean("SESSION_CACHE", True),
         )
 
 

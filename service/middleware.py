@@ -28,7 +28,8 @@ from service.access import Access, access_of, is_rate_limited
 from service.config import CONFIG
 from service.db import DATABASE_UNAVAILABLE, POOL
 from service.errors import ApiError, Forbidden, TooManyRequests, Unauthorized, error_response
-from service.sessions import CurrentSession, validate_session_token
+from service.session_cache import SESSION_CACHE
+from service.sessions import CurrentSession
 
 log = logging.getLogger(__name__)
 access_logger = logging.getLogger("service.access")
@@ -137,6 +138,15 @@ def _is_same_site(request: web.Request) -> bool:
 
 @web.middleware
 async def session(request: web.Request, handler: Handler) -> web.StreamResponse:
+    response = await _with_session(request, handler)
+    if request.method in UNSAFE_METHODS:
+        # This worker's cache has heard the change this request made (a logout, a revocation)
+        # before the client can send its next request.
+        await request.config_dict[SESSION_CACHE].catch_up()
+    return response
+
+
+async def _with_session(request: web.Request, handler: Handler) -> web.StreamResponse:
     access = access_of(handler)
     # Public handlers, CORS preflights and unmatched routes (404/405) need no session.
     if (
@@ -147,14 +157,7 @@ async def session(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     config = request.config_dict[CONFIG]
     token = request.cookies.get(config.session_cookie_name)
-    current = None
-    if token:
-        current = await validate_session_token(
-            request.config_dict[POOL],
-            token,
-            idle_timeout=config.session_idle_timeout,
-            touch_interval=config.touch_interval,
-        )
+    current = await request.config_dict[SESSION_CACHE].lookup(token) if token else None
     if current is None:
         message = "Your session has ended; sign in again." if token else "Sign in to continue."
         raise Unauthorized("not_signed_in", message)

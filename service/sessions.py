@@ -46,6 +46,15 @@ class CurrentSession:
     user: User
 
 
+@dataclass(frozen=True)
+class SessionCheck:
+    """A live session as the database saw it just now, and how long it stays live."""
+
+    current: CurrentSession
+    expires_in: float  # seconds until the absolute timeout
+    last_seen_age: float  # seconds since `last_seen_at` was written (0: just now)
+
+
 def generate_session_token() -> str:
     return secrets.token_urlsafe(32)
 
@@ -87,7 +96,9 @@ SELECT s.id, s.created_at, s.last_seen_at, s.expires_at, s.ip, s.user_agent,
        u.name AS user_name, u.picture AS user_picture, u.admin AS user_admin,
        u.disabled AS user_disabled, u.created_at AS user_created_at,
        u.last_login_at AS user_last_login_at,
-       s.last_seen_at < now() - make_interval(secs => $3) AS stale
+       s.last_seen_at < now() - make_interval(secs => $3) AS stale,
+       extract(epoch FROM s.expires_at - now())::float8 AS expires_in,
+       extract(epoch FROM now() - s.last_seen_at)::float8 AS last_seen_age
 FROM sessions s JOIN users u ON u.id = s.user_id
 WHERE s.token_hash = $1
   AND s.expires_at > now()
@@ -96,17 +107,27 @@ WHERE s.token_hash = $1
 
 
 async def validate_session_token(
-    pool: asyncpg.Pool, token: str, *, idle_timeout: int, touch_interval: float
-) -> CurrentSession | None:
-    """The live session for `token`, or None; keeps it alive by writing `last_seen_at`, rarely."""
-    row = await pool.fetchrow(_VALIDATE, hash_token(token), idle_timeout, touch_interval)
+    pool: asyncpg.Pool, token_hash: bytes, *, idle_timeout: int, touch_interval: float
+) -> SessionCheck | None:
+    """The live session whose token hashes to `token_hash`, or None.
+
+    Keeps the session alive by writing `last_seen_at`, at most once per `touch_interval`.
+    """
+    row = await pool.fetchrow(_VALIDATE, token_hash, idle_timeout, touch_interval)
     if row is None:
         return None
     session = Session.from_row(row)
     user = User(**{name: row[f"user_{name}"] for name in User.__dataclass_fields__})
+    last_seen_age = row["last_seen_age"]
     if row["stale"]:
-        await pool.execute("UPDATE sessions SET last_seen_at = now() WHERE id = $1", session.id)
-    return CurrentSession(session, user)
+        await touch(pool, session.id)
+        last_seen_age = 0.0
+    return SessionCheck(CurrentSession(session, user), row["expires_in"], last_seen_age)
+
+
+async def touch(pool: asyncpg.Pool, session_id: uuid.UUID) -> None:
+    """Record activity; a write of `last_seen_at` alone notifies no session cache."""
+    await pool.execute("UPDATE sessions SET last_seen_at = now() WHERE id = $1", session_id)
 
 
 async def invalidate_session_token(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import tempfile
+import time
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Iterator
@@ -131,6 +132,14 @@ class Browser:
     async def post(self, path: str, **kwargs: Any) -> aiohttp.ClientResponse:
         return await self.request("POST", path, **kwargs)
 
+    async def answers_within(self, status: int, seconds: float, path: str = "/api/user") -> float:
+        """Seconds until GET `path` answers `status`, polling as fast as it can."""
+        started = time.monotonic()
+        while (await self.get(path)).status != status:
+            waited = time.monotonic() - started
+            assert waited < seconds, f"{path} still not {status} after {seconds} s"
+        return time.monotonic() - started
+
     def cookie(self, name: str) -> str | None:
         for cookie in self.session.cookie_jar:
             if cookie.key == name:
@@ -178,6 +187,9 @@ def service_config(database_url: str, certs_url: str, port: int, **overrides: An
         cookie_secure=False,
         # High enough that only the rate-limit tests meet it.
         login_rate_limit=RateLimit(10_000, 60),
+        # Off unless a test asks for it: with it, a change made by plain SQL reaches the
+        # service within 50 ms rather than by the next request (test_session_cache.py).
+        session_cache=False,
     )
     return replace(base, **overrides)
 
@@ -252,5 +264,5 @@ async def web_app(start_service: Any, database_url: str) -> Service:
     from service import demo
 
     await demo.seed(database_url)
-    started: Service = await start_service(dev_login=True, google_client_ids=())
+    started: Service = await start_service(dev_login=True, google_client_ids=(), session_cache=True)
     return started
