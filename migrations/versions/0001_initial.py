@@ -41,7 +41,9 @@ UPGRADE = (
     )
     """,
     "CREATE INDEX sessions_user_id_idx ON sessions (user_id)",
+    # Both for the background purge, so it never scans the whole table.
     "CREATE INDEX sessions_expires_at_idx ON sessions (expires_at)",
+    "CREATE INDEX sessions_last_seen_at_idx ON sessions (last_seen_at)",
     """
     CREATE TABLE auth_events (
         id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

@@ -78,14 +78,24 @@ UPGRADE = (
     $$
     """,
     """
-    CREATE TRIGGER user_changed
-    AFTER UPDATE OF email, name, picture, admin, disabled OR DELETE ON users
+    CREATE TRIGGER user_deleted AFTER DELETE ON users
     FOR EACH ROW EXECUTE FUNCTION notify_user_changed()
+    """,
+    # Only real changes: a sign-in rewrites these columns, mostly with the same values, and a
+    # NOTIFY serialises commits, which sign-ins under load would feel.
+    """
+    CREATE TRIGGER user_changed AFTER UPDATE ON users FOR EACH ROW
+    WHEN (
+        (OLD.email, OLD.name, OLD.picture, OLD.admin, OLD.disabled)
+        IS DISTINCT FROM (NEW.email, NEW.name, NEW.picture, NEW.admin, NEW.disabled)
+    )
+    EXECUTE FUNCTION notify_user_changed()
     """,
 )
 
 DOWNGRADE = (
     "DROP TRIGGER user_changed ON users",
+    "DROP TRIGGER user_deleted ON users",
     "DROP FUNCTION notify_user_changed()",
     "DROP TRIGGER users_truncated ON users",
     "DROP TRIGGER sessions_truncated ON sessions",
