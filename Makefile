@@ -47,3 +47,20 @@ test: lint $(CHROMIUM)
 clean:
 	rm -rf $(VENV) .data .mypy_cache .ruff_cache .pytest_cache .schemathesis test-artifacts \
 		frontend/node_modules frontend/build frontend/.svelte-kit
+
+# make bench: load-tests the production server (gunicorn, WORKERS) with wrk against the machine's
+# Postgres (a fresh database, dropped afterwards); writes bench/results/latest.{md,json,png}.
+# Never part of `make test`.
+.PHONY: bench
+WRK := /usr/bin/wrk
+BENCH_INSTALLED := $(VENV)/.bench-installed
+
+$(WRK):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk
+
+$(BENCH_INSTALLED): $(INSTALLED) pyproject.toml
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	touch $@
+
+bench: $(BENCH_INSTALLED) $(FRONTEND) $(WRK)
+	$(BIN)/python -m bench.run

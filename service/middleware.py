@@ -100,6 +100,10 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         code = _HTTP_ERROR_CODES.get(error.status, "http_error")
         return error_response(error.status, code, error.reason, headers)
     except DATABASE_UNAVAILABLE as error:
+        if request.transport is None or request.transport.is_closing():
+            # The client left mid-request (reading its body then fails the same way): no one
+            # is waiting for an answer, and the database is fine.
+            return error_response(400, "client_closed", "The client closed the connection.")
         log.warning("database unavailable: %s", type(error).__name__)
         return error_response(503, "database_unavailable", "The database is not reachable.")
     except Exception:

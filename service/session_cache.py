@@ -195,6 +195,9 @@ class SessionCache:
                     await asyncio.sleep(HEARTBEAT_EVERY)
                     await self._ping()
                     self._sweep()
+            except asyncio.CancelledError:
+                self.healthy = False  # shutting down: nothing to warn about
+                raise
             except (*DATABASE_UNAVAILABLE, asyncpg.PostgresError, ListenerLost) as error:
                 self._lose(type(error).__name__)
             finally:

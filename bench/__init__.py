@@ -1,0 +1,1 @@
+"""`make bench`: the service under wrk, as production runs it; see bench/README.md."""
