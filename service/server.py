@@ -1,20 +1,92 @@
 """Production serving: gunicorn runs WORKERS processes of aiohttp's worker on one port.
 
 Each worker builds its own app, so each has its own asyncpg pool (DB_POOL_SIZE connections at
-most). SIGTERM stops accepting, lets requests in flight finish for up to SHUTDOWN_TIMEOUT
-seconds, runs the apps' cleanup (closing the pools) and exits 0.
+most). SIGTERM stops accepting without resetting or dropping a connection already made, lets
+requests in flight finish for up to SHUTDOWN_TIMEOUT seconds, runs the apps' cleanup (closing
+the pools) and exits 0.
 """
 
 from __future__ import annotations
 
+import asyncio
+import socket
 from typing import Any
 
 from aiohttp import web
+from aiohttp.worker import GunicornWebWorker
 from gunicorn.app.base import BaseApplication
 
 from service.app import create_app
 from service.config import Config
 from service.logs import logging_config
+
+# After the listener closes, how long a connection made just before has to send its request
+# before aiohttp's shutdown closes it as idle.
+GRACE_SECONDS = 0.5
+
+
+class Runner(web.AppRunner):
+    """Stops like AppRunner, without dropping a connection the kernel has already completed.
+
+    Closing the last copy of a listening socket resets the connections still in its accept
+    queue, so the queue is emptied right before the listener closes (leaving microseconds in
+    between). And aiohttp (3.14) closes, unanswered, a connection it accepted just before its
+    shutdown if it has not read the request yet, so that shutdown starts GRACE_SECONDS after
+    the listener closed.
+    """
+
+    def __init__(self, app: web.Application, listeners: list[Any], **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.listeners = listeners
+        self.accepting: set[asyncio.Task[Any]] = set()
+
+    async def cleanup(self) -> None:
+        loop = asyncio.get_running_loop()
+        server = self.server
+        if server is not None:
+            # Empty the queue, then close the listener at once (site.stop() does not yield).
+            pending = [c for listener in self.listeners for c in accept_pending(listener)]
+            for site in list(self.sites):
+                await site.stop()
+            for connection in pending:
+                task = loop.create_task(loop.connect_accepted_socket(server, connection))
+                self.accepting.add(task)
+                task.add_done_callback(self.accepting.discard)
+            await asyncio.sleep(GRACE_SECONDS)
+        await super().cleanup()
+
+
+def accept_pending(listener: socket.socket) -> list[socket.socket]:
+    """The connections waiting in a (non-blocking) listening socket's queue."""
+    connections: list[socket.socket] = []
+    while True:
+        try:
+            connection, _ = listener.accept()
+        except ConnectionAbortedError:  # reset by the client while queued
+            continue
+        except OSError:  # BlockingIOError: the queue is empty
+            return connections
+        connections.append(connection)
+
+
+class Worker(GunicornWebWorker):
+    """aiohttp's gunicorn worker, running the app with `Runner`."""
+
+    def load_wsgi(self) -> None:
+        super().load_wsgi()
+        app: web.Application = self.wsgi  # type: ignore[has-type]  # set by gunicorn
+
+        async def make_runner() -> Runner:
+            return Runner(
+                app,
+                self.sockets,
+                logger=self.log,
+                keepalive_timeout=self.cfg.keepalive,
+                access_log=None,
+                shutdown_timeout=self.cfg.graceful_timeout * 0.95,
+            )
+
+        self.wsgi = make_runner
 
 
 class Server(BaseApplication):  # type: ignore[misc]
@@ -28,7 +100,7 @@ class Server(BaseApplication):  # type: ignore[misc]
         settings: dict[str, Any] = {
             "bind": f"{host}:{config.port}",
             "workers": config.workers,
-            "worker_class": "aiohttp.GunicornWebWorker",
+            "worker_class": "service.server.Worker",
             "graceful_timeout": config.shutdown_timeout,
             # A worker that stops answering its heartbeat this long is replaced.
             "timeout": 60,
