@@ -173,7 +173,10 @@ class SessionCache:
         sent = time.monotonic()
         try:
             await self._pool.execute("SELECT pg_notify($1, $2)", self._ping_channel, name)
-            await asyncio.wait_for(future, HEARTBEAT_TIMEOUT)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+            # that arrives as the future completes, and the listener would never stop.
+            async with asyncio.timeout(HEARTBEAT_TIMEOUT):
+                await future
             self._heard_at = max(self._heard_at, sent)
         except TimeoutError:
             raise ListenerLost("a heartbeat did not come back in time") from None
