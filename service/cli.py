@@ -86,6 +86,12 @@ def _add_operator_commands(commands: Any) -> None:
 
 def run(config: Config) -> None:
     log.info("configuration: %s", config.masked())
+    log.info(
+        "Postgres connections: up to %d (WORKERS=%d x %d per worker), plus one while migrating",
+        config.workers * config.connections_per_worker,
+        config.workers,
+        config.connections_per_worker,
+    )
     if config.dev_login:
         log.warning(
             "DEV_LOGIN=1: anyone who can reach %s can sign in as any email address. "

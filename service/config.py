@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -19,6 +21,11 @@ TEN_YEARS = 10 * 365 * 86400
 _PERIODS = {"second": 1, "minute": 60, "hour": 3600}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
+
+
+# WORKERS' default never exceeds this: each worker holds its own Postgres connections.
+MAX_DEFAULT_WORKERS = 8
+CGROUP = Path("/sys/fs/cgroup")
 
 
 class ConfigError(Exception):
@@ -53,6 +60,8 @@ class Config:
     workers: int = 1
     db_pool_size: int = 10
     db_statement_cache_size: int = 100
+    db_acquire_timeout: float = 5.0
+    db_statement_timeout: float = 10.0
     shutdown_timeout: int = 10
     session_cache: bool = True
 
@@ -81,6 +90,11 @@ class Config:
     @property
     def nonce_cookie_name(self) -> str:
         return "__Host-login_nonce" if self.cookie_secure else "login_nonce"
+
+    @property
+    def connections_per_worker(self) -> int:
+        """Postgres connections one worker may hold: its pool, and the session cache's listener."""
+        return self.db_pool_size + (1 if self.session_cache else 0)
 
     @property
     def touch_interval(self) -> float:
@@ -137,6 +151,12 @@ class Config:
         proxies = reader.items("TRUSTED_PROXIES")
         for proxy in proxies:
             reader.check("TRUSTED_PROXIES", proxy, _is_network(proxy), "must be an IP or a network")
+            reader.check(
+                "TRUSTED_PROXIES",
+                proxy,
+                _has_no_host_bits(proxy),
+                f"has host bits set; the network is {ipaddress.ip_network(proxy, strict=False)}",
+            )
         if dev_login and proxies:
             # Behind a proxy, loopback is reachable by whoever the proxy lets in.
             raise ConfigError("DEV_LOGIN=1 is refused with TRUSTED_PROXIES set")
@@ -166,12 +186,14 @@ class Config:
             trusted_proxies=proxies,
             log_format=log_format,
             dev_login=dev_login,
-            workers=reader.integer("WORKERS", os.cpu_count() or 1, low=1, high=256),
+            workers=reader.integer("WORKERS", default_workers(), low=1, high=256),
             db_pool_size=reader.integer("DB_POOL_SIZE", 10, low=1, high=1000),
             # 0 for PgBouncer in transaction mode, where prepared statements do not survive.
             db_statement_cache_size=reader.integer(
                 "DB_STATEMENT_CACHE_SIZE", 100, low=0, high=100_000
             ),
+            db_acquire_timeout=reader.seconds("DB_ACQUIRE_TIMEOUT", 5.0, low=0.01, high=600),
+            db_statement_timeout=reader.seconds("DB_STATEMENT_TIMEOUT", 10.0, low=0.01, high=3600),
             shutdown_timeout=reader.integer("SHUTDOWN_TIMEOUT", 10, low=1, high=3600),
             session_cache=reader.boolean("SESSION_CACHE", True),
         )
@@ -212,6 +234,17 @@ class _Reader:
         value = int(raw)
         in_range = value >= low and (high is None or value <= high)
         self.check(name, raw, in_range, f"must be between {low} and {high or 'any'}")
+        return value
+
+    def seconds(self, name: str, default: float, *, low: float, high: float) -> float:
+        raw = self.env.get(name, "").strip()
+        if not raw:
+            return default
+        self.check(
+            name, raw, re.fullmatch(r"[0-9]+(\.[0-9]+)?", raw) is not None, "must be seconds"
+        )
+        value = float(raw)
+        self.check(name, raw, low <= value <= high, f"must be between {low} and {high} seconds")
         return value
 
     def rate(self, name: str, default: str) -> RateLimit:
@@ -272,9 +305,47 @@ def _is_certs_url(value: str) -> bool:
     return parts.scheme == "http" and is_loopback(parts.hostname or "")
 
 
+def _has_no_host_bits(value: str) -> bool:
+    try:
+        ipaddress.ip_network(value)
+    except ValueError:
+        return False
+    return True
+
+
 def _is_network(value: str) -> bool:
     try:
         ipaddress.ip_network(value, strict=False)
     except ValueError:
         return False
     return True
+
+
+def default_workers(cgroup: Path = CGROUP) -> int:
+    """The CPUs this process may really use, capped at MAX_DEFAULT_WORKERS.
+
+    os.cpu_count() is the host's count; a container's CPU quota (cgroup v2 `cpu.max`, v1
+    `cpu.cfs_quota_us`) and the CPU affinity mask both say less, and the smallest one wins.
+    """
+    cpus = len(os.sched_getaffinity(0))
+    quota = _cgroup_quota(cgroup)
+    if quota is not None:
+        cpus = min(cpus, max(1, math.ceil(quota)))
+    return max(1, min(cpus, MAX_DEFAULT_WORKERS))
+
+
+def _cgroup_quota(cgroup: Path) -> float | None:
+    """CPUs allowed by the cgroup's quota; None when unlimited or unknown."""
+    try:
+        quota, period = (cgroup / "cpu.max").read_text().split()[:2]  # v2: "max 100000"
+        if quota != "max":
+            return int(quota) / int(period)
+        return None
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int((cgroup / "cpu" / "cpu.cfs_quota_us").read_text())  # v1: -1 unlimited
+        period_us = int((cgroup / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota_us / period_us if quota_us > 0 and period_us > 0 else None

@@ -7,6 +7,7 @@ import logging
 import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 from aiohttp import web
@@ -17,18 +18,66 @@ log = logging.getLogger(__name__)
 
 EMBEDDED_DATA_DIR = Path(".data/postgres")
 CONNECT_TIMEOUT = 5.0
-COMMAND_TIMEOUT = 30.0
 
 POOL = web.AppKey("pool", asyncpg.Pool)
 
-# Failures to reach Postgres: a client gets a 503 to retry, not a 500.
-DATABASE_UNAVAILABLE = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.InterfaceError,
+# What Postgres failing to do its part right now looks like, most specific first: each is a 503
+# the client may retry, never a 500. (TimeoutError is an OSError, and a statement cancelled by
+# statement_timeout an OperatorInterventionError, so their order matters.)
+_FAILURES: tuple[tuple[tuple[type[BaseException], ...], str, str], ...] = (
+    (
+        (TimeoutError, asyncpg.QueryCanceledError),
+        "database_timeout",
+        "The database did not answer in time; try again.",
+    ),
+    (
+        (asyncpg.InsufficientResourcesError,),  # too many connections, out of memory or disk
+        "database_busy",
+        "The database has no room for this request now; try again.",
+    ),
+    (
+        (asyncpg.ReadOnlySQLTransactionError,),  # a pool left on a standby after a failover
+        "database_read_only",
+        "The database is read-only (failing over?); try again.",
+    ),
+    (
+        (
+            OSError,
+            asyncpg.PostgresConnectionError,
+            asyncpg.exceptions.OperatorInterventionError,  # shutting down, terminated, starting
+            asyncpg.InterfaceError,
+            # A connection the server ended while it sat idle in the pool can fail its next
+            # query this way ("another operation is in progress") rather than as closed.
+            asyncpg.InternalClientError,
+        ),
+        "database_unavailable",
+        "The database is not reachable.",
+    ),
 )
+DATABASE_UNAVAILABLE: tuple[type[BaseException], ...] = tuple(
+    kind for kinds, _, _ in _FAILURES for kind in kinds
+)
+
+
+def database_failure(error: BaseException) -> tuple[str, str]:
+    """The error code and message for one of DATABASE_UNAVAILABLE."""
+    for kinds, code, message in _FAILURES:
+        if isinstance(error, kinds):
+            return code, message
+    raise TypeError(f"not a database failure: {error!r}")
+
+
+class Pool(asyncpg.Pool):  # type: ignore[misc]
+    """asyncpg's pool, where waiting for a connection times out by default.
+
+    Its own query methods (`pool.fetchrow` and the like) acquire through `acquire`, so every
+    caller gets the bound without passing it.
+    """
+
+    acquire_timeout: float | None = None
+
+    def acquire(self, *, timeout: float | None = None) -> Any:
+        return super().acquire(timeout=self.acquire_timeout if timeout is None else timeout)
 
 
 def start_embedded(data_dir: Path = EMBEDDED_DATA_DIR) -> str:
@@ -54,17 +103,35 @@ async def init_connection(conn: asyncpg.Connection) -> None:
 
 
 async def create_pool(
-    dsn: str, *, max_size: int = 10, statement_cache_size: int = 100
-) -> asyncpg.Pool:
-    pool: asyncpg.Pool = await asyncpg.create_pool(
+    dsn: str,
+    *,
+    max_size: int = 10,
+    statement_cache_size: int = 100,
+    acquire_timeout: float | None = None,
+    statement_timeout: float | None = None,
+) -> Pool:
+    """A pool whose queries give up after `statement_timeout` and waits after `acquire_timeout`.
+
+    The statement timeout is asyncpg's `command_timeout`: the client cancels the query on the
+    server when it expires. That works through PgBouncer in transaction mode, where neither a
+    `statement_timeout` startup parameter (refused) nor a session-level SET (lost) would.
+    """
+    pool = Pool(
         dsn,
         min_size=1,
         max_size=max_size,
+        max_queries=50_000,
+        max_inactive_connection_lifetime=300.0,
         statement_cache_size=statement_cache_size,
         init=init_connection,
         timeout=CONNECT_TIMEOUT,
-        command_timeout=COMMAND_TIMEOUT,
+        command_timeout=statement_timeout,
+        connection_class=asyncpg.Connection,
+        record_class=asyncpg.Record,
+        loop=None,
     )
+    pool.acquire_timeout = acquire_timeout
+    await pool
     return pool
 
 
@@ -76,6 +143,8 @@ async def pool_ctx(app: web.Application) -> AsyncIterator[None]:
         config.database_url,
         max_size=config.db_pool_size,
         statement_cache_size=config.db_statement_cache_size,
+        acquire_timeout=config.db_acquire_timeout,
+        statement_timeout=config.db_statement_timeout,
     )
     async with pool:
         app[POOL] = pool

@@ -26,7 +26,7 @@ from aiohttp import web
 from service import ratelimit
 from service.access import Access, access_of, is_rate_limited
 from service.config import CONFIG
-from service.db import DATABASE_UNAVAILABLE, POOL
+from service.db import DATABASE_UNAVAILABLE, POOL, database_failure
 from service.errors import ApiError, Forbidden, TooManyRequests, Unauthorized, error_response
 from service.session_cache import SESSION_CACHE
 from service.sessions import CurrentSession
@@ -104,8 +104,9 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             # The client left mid-request (reading its body then fails the same way): no one
             # is waiting for an answer, and the database is fine.
             return error_response(400, "client_closed", "The client closed the connection.")
-        log.warning("database unavailable: %s", type(error).__name__)
-        return error_response(503, "database_unavailable", "The database is not reachable.")
+        code, message = database_failure(error)
+        log.warning("%s: %s", code, type(error).__name__)
+        return error_response(503, code, message)
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.rel_url.raw_path)
         return error_response(500, "internal_error", "Something went wrong on our side.")

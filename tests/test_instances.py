@@ -139,6 +139,8 @@ async def test_instances_starting_together_apply_each_migration_once_and_stop_cl
     logs = "\n".join(outputs)
     for revision in ("0001", "0002"):
         assert logs.count(f"-> {revision},") == 1, logs
+    # Each instance says what it may ask of Postgres: 2 workers x (a pool of 10 + a listener).
+    assert logs.count("Postgres connections: up to 22 (WORKERS=2 x 11 per worker)") == 2, logs
     conn = await asyncpg.connect(empty_database_url)
     try:
         versions = await conn.fetch("SELECT version_num FROM alembic_version")

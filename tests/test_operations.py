@@ -23,9 +23,11 @@ from service import schema
 from service.config import (
     DEV_CLIENT_ID,
     GOOGLE_CERTS_URL,
+    MAX_DEFAULT_WORKERS,
     Config,
     ConfigError,
     RateLimit,
+    default_workers,
 )
 from service.logs import JsonFormatter
 from tests.conftest import Browser, Service
@@ -168,6 +170,11 @@ BAD_CONFIGURATIONS = {
         "LOGIN_RATE_LIMIT",
     ),
     "public_url_not_http": ({"GOOGLE_CLIENT_ID": "x", "PUBLIC_URL": "ftp://x"}, "PUBLIC_URL"),
+    # ip_network() accepts it only with strict=False; aiohttp-remotes is strict.
+    "trusted_proxy_with_host_bits": (
+        {"GOOGLE_CLIENT_ID": "x", "TRUSTED_PROXIES": "10.1.2.3, 172.17.0.1/16"},
+        "TRUSTED_PROXIES",
+    ),
 }
 
 MORE_BAD_CONFIGURATIONS = {
@@ -324,6 +331,46 @@ def test_config_from_env_takes_timeouts_as_given_however_short() -> None:
     assert config.session_idle_timeout == 1
     assert config.session_absolute_timeout == 2
     assert config.login_rate_limit == RateLimit(100, 3600)
+
+
+def test_a_trusted_proxy_network_with_host_bits_names_the_network_it_meant() -> None:
+    with pytest.raises(ConfigError, match=r"172\.17\.0\.0/16"):
+        Config.from_env({"GOOGLE_CLIENT_ID": "x", "TRUSTED_PROXIES": "172.17.0.1/16"})
+
+
+def write_cgroup(root: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ({}, None),  # no cgroup files: the affinity mask alone
+        ({"cpu.max": "max 100000\n"}, None),
+        ({"cpu.max": "150000 100000\n"}, 2),  # 1.5 CPUs: two workers
+        ({"cpu.max": "50000 100000\n"}, 1),
+        ({"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+    ],
+)
+def test_workers_default_to_the_cpus_the_container_may_use(
+    tmp_path: Path, files: dict[str, str], expected: int | None
+) -> None:
+    usable = min(len(os.sched_getaffinity(0)), MAX_DEFAULT_WORKERS)
+
+    workers = default_workers(write_cgroup(tmp_path, files))
+
+    assert workers == min(usable, expected or usable)
+
+
+def test_workers_default_is_capped_whatever_the_quota(tmp_path: Path) -> None:
+    root = write_cgroup(tmp_path, {"cpu.max": "6400000 100000"})  # 64 CPUs
+
+    assert 1 <= default_workers(root) <= MAX_DEFAULT_WORKERS
+    assert default_workers(root) <= len(os.sched_getaffinity(0))
 
 
 def test_config_from_env_dev_login_needs_no_client_id() -> None:

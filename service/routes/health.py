@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
+import asyncpg
 from aiohttp import web
 
 from service import schema
-from service.db import DATABASE_UNAVAILABLE, POOL
+from service.db import DATABASE_UNAVAILABLE, POOL, database_failure
 from service.errors import ServiceUnavailable
 
 routes = web.RouteTableDef()
@@ -26,8 +27,12 @@ async def readyz(request: web.Request) -> web.Response:
     try:
         async with asyncio.timeout(READY_TIMEOUT), request.app[POOL].acquire() as conn:
             revision = await schema.current_revision(conn)
-    except DATABASE_UNAVAILABLE:
-        raise ServiceUnavailable("database_unavailable", "The database is not reachable.") from None
+            # A pool left on a standby after a failover reads fine but cannot sign anyone in.
+            read_only = await conn.fetchval("SELECT current_setting('transaction_read_only')")
+    except DATABASE_UNAVAILABLE as error:
+        raise ServiceUnavailable(*database_failure(error)) from None
+    if read_only == "on":
+        raise ServiceUnavailable(*database_failure(asyncpg.ReadOnlySQLTransactionError()))
     if revision != request.app[SCHEMA_HEAD]:
         raise ServiceUnavailable(
             "migrations_pending", f"The schema is at {revision}, not {request.app[SCHEMA_HEAD]}."
