@@ -45,19 +45,7 @@ async def sign_in(conn: asyncpg.Connection, identity: GoogleIdentity, make_admin
     A row is matched on Google's `sub`; a pre-provisioned row (no `sub` yet) is claimed by
     email only where Google is authoritative for the address.
     """
-    row = await conn.fetchrow("SELECT * FROM users WHERE google_sub = $1 FOR UPDATE", identity.sub)
-    if row is None:
-        row = await conn.fetchrow(
-            "SELECT * FROM users WHERE lower(email) = lower($1) FOR UPDATE",
-            identity.email,
-        )
-        if row is not None and (
-            row["google_sub"] is not None or not identity.google_is_authoritative
-        ):
-            raise Conflict(
-                "account_conflict",
-                "This email address belongs to another account; ask an administrator.",
-            )
+    row = await _claimable(conn, identity)
     if row is None:
         row = await conn.fetchrow(
             """
@@ -72,9 +60,13 @@ async def sign_in(conn: asyncpg.Connection, identity: GoogleIdentity, make_admin
             identity.picture,
             make_admin,
         )
-        if row is None:  # a concurrent first sign-in with the same sub or email won the race
-            raise Conflict("account_conflict", "This account is being created; try again.")
-        return User.from_row(row)
+        if row is not None:
+            return User.from_row(row)
+        # A concurrent first sign-in inserted the row and committed (ON CONFLICT waited for
+        # it), so this statement sees it: sign in to that row as to any other.
+        row = await _claimable(conn, identity)
+        if row is None:
+            raise Conflict("account_conflict", "This account is being changed; try again.")
     if row["disabled"]:
         raise Forbidden("user_disabled", "This account is disabled.")
     try:
@@ -93,12 +85,30 @@ async def sign_in(conn: asyncpg.Connection, identity: GoogleIdentity, make_admin
             make_admin,
         )
     except asyncpg.UniqueViolationError:  # the account's new email is another row's
-        raise Conflict(
-            "account_conflict",
-            "This email address belongs to another account; ask an administrator.",
-        ) from None
+        raise _email_taken() from None
     assert row is not None
     return User.from_row(row)
+
+
+async def _claimable(conn: asyncpg.Connection, identity: GoogleIdentity) -> asyncpg.Record | None:
+    """The row `identity` signs in to, locked; None for a new user; Conflict when it may not."""
+    row = await conn.fetchrow("SELECT * FROM users WHERE google_sub = $1 FOR UPDATE", identity.sub)
+    if row is not None:
+        return row
+    row = await conn.fetchrow(
+        "SELECT * FROM users WHERE lower(email) = lower($1) FOR UPDATE", identity.email
+    )
+    if row is None or row["google_sub"] == identity.sub:  # ours if a first sign-in just made it
+        return row
+    if row["google_sub"] is not None or not identity.google_is_authoritative:
+        raise _email_taken()
+    return row
+
+
+def _email_taken() -> Conflict:
+    return Conflict(
+        "account_conflict", "This email address belongs to another account; ask an administrator."
+    )
 
 
 async def create(

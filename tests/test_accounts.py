@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aiohttp
@@ -72,6 +73,29 @@ async def test_first_sign_in_creates_the_user(
     assert body["user"]["id"] == row["id"]
     sessions = await db.fetch("SELECT user_id FROM sessions")
     assert [s["user_id"] for s in sessions] == [row["id"]]
+
+
+async def test_concurrent_first_sign_ins_of_one_account_all_succeed_with_one_user(
+    service: Service, issuer: Issuer, db: asyncpg.Pool
+) -> None:
+    browsers = [service.browser() for _ in range(20)]
+    nonces = [await browser.new_nonce() for browser in browsers]
+
+    responses = await asyncio.gather(
+        *(
+            browser.post(
+                "/api/login",
+                json={"credential": issuer.token(email="ada@gmail.com", sub="g-1", nonce=nonce)},
+            )
+            for browser, nonce in zip(browsers, nonces, strict=True)
+        )
+    )
+
+    assert [r.status for r in responses] == [200] * 20, [r.status for r in responses]
+    rows = await users(db)
+    assert [(row["google_sub"], row["email"]) for row in rows] == [("g-1", "ada@gmail.com")]
+    assert {(await r.json())["user"]["id"] for r in responses} == {rows[0]["id"]}
+    assert await session_count(db) == 20
 
 
 async def test_sign_in_matches_on_sub_and_updates_email_and_name(
