@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -195,6 +196,27 @@ async def find_by_email(conn: asyncpg.Connection | asyncpg.Pool, email: str) -> 
 # Changes that may take away an administrator take this lock in turn, so two admins demoting
 # each other at once cannot leave none.
 ADMIN_CHANGES_LOCK = 7_245_811_204
+
+
+async def lock_admin_changes(conn: asyncpg.Connection, *, actor_session: uuid.UUID) -> None:
+    """Take the admin-changes lock, then check that the acting session is still an admin's.
+
+    The request was admitted before the lock, and another admin may have disabled, demoted or
+    signed out this one since; under the lock no such change can land until this one commits.
+    Run inside a transaction.
+    """
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", ADMIN_CHANGES_LOCK)
+    still_admin = await conn.fetchval(
+        """
+        SELECT EXISTS (
+            SELECT 1 FROM sessions s JOIN users u ON u.id = s.user_id
+            WHERE s.id = $1 AND u.admin AND NOT u.disabled
+        )
+        """,
+        actor_session,
+    )
+    if not still_admin:
+        raise Forbidden("admin_only", "This needs an administrator; you are no longer one.")
 
 
 async def _keep_an_admin(conn: asyncpg.Connection) -> None:

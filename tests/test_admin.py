@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -9,6 +10,7 @@ import aiohttp
 import asyncpg
 import pytest
 
+from service.users import ADMIN_CHANGES_LOCK
 from tests.conftest import Browser, Service
 from tests.issuer import Issuer
 
@@ -575,6 +577,67 @@ async def test_a_demoted_admin_is_refused_at_their_next_request(
     assert (await response.json())["admin"] is False
     await assert_error(await other.get("/api/admin/users"), 403, "admin_only")
     assert (await other.get("/api/user")).status == 200  # still signed in, just not an admin
+
+
+@pytest.mark.parametrize(
+    ("method", "body"),
+    [("PATCH", {"disabled": True}), ("PATCH", {"admin": False}), ("DELETE", None)],
+)
+async def test_two_admins_acting_on_each_other_at_once_cannot_both_succeed(
+    boss: tuple[Browser, int],
+    service: Service,
+    issuer: Issuer,
+    db: asyncpg.Pool,
+    method: str,
+    body: dict[str, bool] | None,
+) -> None:
+    ada, ada_id = await sign_in(service, issuer, "ada@gmail.com")
+    bob, bob_id = await sign_in(service, issuer, "bob@gmail.com")
+    await db.execute("UPDATE users SET admin = true WHERE id = ANY($1::bigint[])", [ada_id, bob_id])
+
+    responses = await asyncio.gather(
+        ada.request(method, f"/api/admin/users/{bob_id}", json=body),
+        bob.request(method, f"/api/admin/users/{ada_id}", json=body),
+    )
+
+    assert sorted(r.status for r in responses) in ([200, 403], [204, 403])
+    refused = next(r for r in responses if r.status == 403)
+    await assert_error(refused, 403, "admin_only")
+    # Exactly one of them acted, and the audit log says so.
+    still_admins = await db.fetchval(
+        "SELECT count(*) FROM users WHERE id = ANY($1::bigint[]) AND admin AND NOT disabled",
+        [ada_id, bob_id],
+    )
+    assert still_admins == 1
+    assert await db.fetchval("SELECT count(*) FROM auth_events WHERE kind LIKE 'admin_user%'") == 1
+
+
+async def test_an_admin_signed_out_while_a_change_waits_cannot_make_it(
+    boss: tuple[Browser, int], service: Service, issuer: Issuer, db: asyncpg.Pool
+) -> None:
+    ada, ada_id = await sign_in(service, issuer, "ada@gmail.com")
+    await db.execute("UPDATE users SET admin = true WHERE id = $1", ada_id)
+    _, carl_id = await sign_in(service, issuer, "carl@gmail.com")
+
+    # Ada's change waits for the admin lock; meanwhile her session is revoked by SQL.
+    async with db.acquire() as holder, holder.transaction():
+        await holder.execute("SELECT pg_advisory_xact_lock($1)", ADMIN_CHANGES_LOCK)
+        change = asyncio.create_task(
+            ada.request("PATCH", f"/api/admin/users/{carl_id}", json={"disabled": True})
+        )
+        await wait_for_lock_waiters(db)
+        await holder.execute("DELETE FROM sessions WHERE user_id = $1", ada_id)
+
+    await assert_error(await change, 403, "admin_only")
+    assert (await user_row(db, carl_id))["disabled"] is False  # type: ignore[index]
+
+
+async def wait_for_lock_waiters(db: asyncpg.Pool) -> None:
+    for _ in range(500):
+        if await db.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted"):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("nothing ever waited for a lock")
 
 
 async def test_updating_both_flags_at_once(

@@ -1,6 +1,7 @@
 """Admin: users, everyone's sessions and the audit log; a sub-app whose guard admits admins only.
 
 Each change and its audit event commit together: an action that cannot be recorded is not done.
+Changes run one at a time, each checking again that its admin still is one.
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ def create_admin_app() -> web.Application:
 
 @asynccontextmanager
 async def _transaction(request: web.Request) -> AsyncIterator[asyncpg.Connection]:
+    """A transaction for one admin change, in which the actor is checked again under a lock."""
     async with request.config_dict[POOL].acquire() as conn, conn.transaction():
+        await users.lock_admin_changes(conn, actor_session=request[CURRENT_SESSION].session.id)
         yield conn
 
 
