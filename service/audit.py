@@ -18,11 +18,15 @@ async def record(
     user_agent: str,
     **detail: Any,
 ) -> None:
-    """Append one event; `detail` must never hold a token, cookie or nonce secret."""
+    """Append one event; `detail` must never hold a token, cookie or nonce secret.
+
+    The user's email is copied in as it is now, so the event still says who it was after the
+    address changes or the user is deleted.
+    """
     await conn.execute(
         """
-        INSERT INTO auth_events (kind, user_id, ip, user_agent, detail)
-        VALUES ($1, $2, $3, $4, $5)
+        INSERT INTO auth_events (kind, user_id, email, ip, user_agent, detail)
+        VALUES ($1, $2, (SELECT email FROM users WHERE id = $2), $3, $4, $5)
         """,
         kind,
         user_id,
@@ -57,12 +61,12 @@ async def list_page(
     """
     rows = await pool.fetch(
         """
-        SELECT e.id, e.at, e.kind, e.user_id, u.email, e.ip, e.user_agent, e.detail
-        FROM auth_events e LEFT JOIN users u ON u.id = e.user_id
-        WHERE ($1::bigint IS NULL OR e.user_id = $1)
-          AND ($2::text IS NULL OR e.kind = $2)
-          AND ($3::bigint IS NULL OR e.id < $3)
-        ORDER BY e.id DESC LIMIT $4
+        SELECT id, at, kind, user_id, email, ip, user_agent, detail
+        FROM auth_events
+        WHERE ($1::bigint IS NULL OR user_id = $1)
+          AND ($2::text IS NULL OR kind = $2)
+          AND ($3::bigint IS NULL OR id < $3)
+        ORDER BY id DESC LIMIT $4
         """,
         user_id,
         kind,

@@ -53,10 +53,13 @@ async def add_user(conn: asyncpg.Connection, email: str, admin: bool) -> None:
         email = normalized_email(email)
     except EmailNotValidError as error:
         raise OperatorError(f"{email!r} is not a valid email address: {error}") from None
-    user = await users.create(conn, email, admin=admin)
-    if user is None:
-        raise OperatorError(f"a user with the email {email} already exists")
-    await audit.record(conn, "operator_user_created", **CLI, target_user_id=user.id, admin=admin)
+    async with conn.transaction():
+        user = await users.create(conn, email, admin=admin)
+        if user is None:
+            raise OperatorError(f"a user with the email {email} already exists")
+        await audit.record(
+            conn, "operator_user_created", **CLI, target_user_id=user.id, admin=admin
+        )
     out(f"added {_describe(user)}")
 
 
@@ -99,21 +102,23 @@ async def revoke_session(conn: asyncpg.Connection, session_id: str) -> None:
         parsed = uuid.UUID(session_id)
     except ValueError:
         raise OperatorError(f"{session_id!r} is not a session id") from None
-    owner = await sessions.invalidate_session(conn, parsed)
-    if owner is None:
-        raise OperatorError(f"no session {session_id}")
-    await audit.record(
-        conn, "operator_session_revoked", **CLI, target_user_id=owner, session_id=session_id
-    )
+    async with conn.transaction():
+        owner = await sessions.invalidate_session(conn, parsed)
+        if owner is None:
+            raise OperatorError(f"no session {session_id}")
+        await audit.record(
+            conn, "operator_session_revoked", **CLI, target_user_id=owner, session_id=session_id
+        )
     out(f"revoked session {session_id}")
 
 
 async def revoke_user_sessions(conn: asyncpg.Connection, email: str) -> None:
-    user = await _user(conn, email)
-    revoked = await sessions.invalidate_user_sessions(conn, user.id)
-    await audit.record(
-        conn, "operator_sessions_revoked", **CLI, target_user_id=user.id, count=revoked
-    )
+    async with conn.transaction():
+        user = await _user(conn, email)
+        revoked = await sessions.invalidate_user_sessions(conn, user.id)
+        await audit.record(
+            conn, "operator_sessions_revoked", **CLI, target_user_id=user.id, count=revoked
+        )
     out(f"revoked {revoked} sessions of {user.email}")
 
 

@@ -124,12 +124,12 @@ async def logout(request: web.Request) -> web.Response:
     config = request.config_dict[CONFIG]
     token = request.cookies.get(config.session_cookie_name)
     if token:
-        pool = request.config_dict[POOL]
-        ended = await sessions.invalidate_session_token(pool, token)
-        if ended:
-            await audit.record(
-                pool, "logout", user_id=ended[1], **client_of(request), session_id=str(ended[0])
-            )
+        async with request.config_dict[POOL].acquire() as conn, conn.transaction():
+            ended = await sessions.invalidate_session_token(conn, token)
+            if ended:
+                await audit.record(
+                    conn, "logout", user_id=ended[1], **client_of(request), session_id=str(ended[0])
+                )
     response = web.Response(status=204)
     delete_session_cookie(response, config)
     return response

@@ -31,18 +31,18 @@ async def list_my_sessions(request: web.Request) -> web.Response:
 async def revoke_my_session(request: web.Request) -> web.Response:
     current = request[CURRENT_SESSION]
     session_id = path_uuid(request, "session")
-    pool = request.config_dict[POOL]
-    # Someone else's session is as unknown as one that never existed.
-    if await sessions.invalidate_session(pool, session_id, user_id=current.user.id) is None:
-        raise NotFound("not_found", "No such session.")
-    await audit.record(
-        pool,
-        "session_revoked",
-        user_id=current.user.id,
-        **client_of(request),
-        session_id=str(session_id),
-        reason="user",
-    )
+    async with request.config_dict[POOL].acquire() as conn, conn.transaction():
+        # Someone else's session is as unknown as one that never existed.
+        if await sessions.invalidate_session(conn, session_id, user_id=current.user.id) is None:
+            raise NotFound("not_found", "No such session.")
+        await audit.record(
+            conn,
+            "session_revoked",
+            user_id=current.user.id,
+            **client_of(request),
+            session_id=str(session_id),
+            reason="user",
+        )
     response = web.Response(status=204)
     if session_id == current.session.id:
         delete_session_cookie(response, request.config_dict[CONFIG])
@@ -52,17 +52,17 @@ async def revoke_my_session(request: web.Request) -> web.Response:
 @routes.post("/sessions/revoke-others")
 async def revoke_my_other_sessions(request: web.Request) -> web.Response:
     current = request[CURRENT_SESSION]
-    pool = request.config_dict[POOL]
-    revoked = await sessions.invalidate_user_sessions(
-        pool, current.user.id, keep=current.session.id
-    )
-    if revoked:
-        await audit.record(
-            pool,
-            "sessions_revoked",
-            user_id=current.user.id,
-            **client_of(request),
-            count=revoked,
-            reason="user_revoked_others",
+    async with request.config_dict[POOL].acquire() as conn, conn.transaction():
+        revoked = await sessions.invalidate_user_sessions(
+            conn, current.user.id, keep=current.session.id
         )
+        if revoked:
+            await audit.record(
+                conn,
+                "sessions_revoked",
+                user_id=current.user.id,
+                **client_of(request),
+                count=revoked,
+                reason="user_revoked_others",
+            )
     return web.json_response({"revoked": revoked})
