@@ -8,6 +8,11 @@ from typing import Any
 
 import asyncpg
 
+from service.db import delete_in_batches
+
+# Failed sign-ins from one address with one error within this window are one event, counted.
+FAILURE_WINDOW_MINUTES = 10
+
 
 async def record(
     conn: asyncpg.Connection | asyncpg.Pool,
@@ -33,6 +38,53 @@ async def record(
         ip,
         user_agent,
         detail,
+    )
+
+
+async def record_failed_login(
+    pool: asyncpg.Pool, *, ip: str | None, user_agent: str, error: str, email: str | None
+) -> None:
+    """A `login_failed` event, or one more on the count of the same failure's recent event.
+
+    Anonymous clients can fail as often as the login rate limit lets them; counting repeats
+    on one row keeps what they can make the table grow by small. One statement, one commit.
+    """
+    await pool.execute(
+        """
+        WITH recent AS (
+            UPDATE auth_events SET detail = detail || jsonb_build_object(
+                'count', coalesce((detail->>'count')::bigint, 1) + 1,
+                'last_at', now()
+            )
+            WHERE id = (
+                SELECT id FROM auth_events
+                WHERE kind = 'login_failed' AND ip = $1
+                  AND at > now() - make_interval(mins => $5) AND detail->>'error' = $3
+                ORDER BY ip, at DESC LIMIT 1
+            )
+            RETURNING id
+        )
+        INSERT INTO auth_events (kind, user_id, ip, user_agent, detail)
+        SELECT 'login_failed', NULL, $1, $2,
+               jsonb_build_object('error', $3::text, 'email', $4::text, 'count', 1)
+        WHERE NOT EXISTS (SELECT 1 FROM recent)
+        """,
+        ip,
+        user_agent,
+        error,
+        email,
+        FAILURE_WINDOW_MINUTES,
+    )
+
+
+async def purge_older_than(pool: asyncpg.Pool, days: int, *, batch: int = 1000) -> int:
+    """Delete events older than `days` (AUDIT_RETENTION_DAYS); how many."""
+    return await delete_in_batches(
+        pool,
+        "DELETE FROM auth_events WHERE id IN (SELECT id FROM auth_events"
+        " WHERE at < now() - make_interval(days => $2) LIMIT $1)",
+        batch,
+        days,
     )
 
 

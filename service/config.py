@@ -54,6 +54,8 @@ class Config:
     allowed_emails: frozenset[str] = frozenset()
     allowed_origins: tuple[str, ...] = ()
     login_rate_limit: RateLimit = field(default_factory=lambda: RateLimit(20, 60))
+    login_rate_limit_ipv6_prefix: int = 64
+    audit_retention_days: int = 90
     trusted_proxies: tuple[str, ...] = ()
     log_format: str = "text"
     dev_login: bool = False
@@ -183,6 +185,11 @@ class Config:
             allowed_emails=frozenset(e.lower() for e in reader.items("ALLOWED_EMAILS")),
             allowed_origins=tuple(origin_of(origin) for origin in origins),
             login_rate_limit=reader.rate("LOGIN_RATE_LIMIT", "20/minute"),
+            login_rate_limit_ipv6_prefix=reader.integer(
+                "LOGIN_RATE_LIMIT_IPV6_PREFIX", 64, low=32, high=128
+            ),
+            # 0 keeps every event forever.
+            audit_retention_days=reader.integer("AUDIT_RETENTION_DAYS", 90, low=0, high=36500),
             trusted_proxies=proxies,
             log_format=log_format,
             dev_login=dev_login,

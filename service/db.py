@@ -149,3 +149,19 @@ async def pool_ctx(app: web.Application) -> AsyncIterator[None]:
     async with pool:
         app[POOL] = pool
         yield
+
+
+async def delete_in_batches(
+    conn: asyncpg.Connection | asyncpg.Pool, query: str, batch: int, *args: object
+) -> int:
+    """Run a `DELETE ... LIMIT $1` until it deletes less than a batch; how many in all.
+
+    Small batches hold no lock for long and keep each transaction's WAL small.
+    """
+    deleted = batch
+    total = 0
+    while deleted == batch:
+        status: str = await conn.execute(query, batch, *args)
+        deleted = int(status.split()[-1])
+        total += deleted
+    return total

@@ -1,5 +1,6 @@
-"""Housekeeping: a background task that deletes dead sessions, spent nonces and old rate rows.
+"""Housekeeping: a background task that deletes rows that have outlived their use.
 
+Dead sessions, spent nonces, whole rate budgets and auth events past AUDIT_RETENTION_DAYS.
 Requests never rely on it: expiry is decided when a session is looked up.
 """
 
@@ -13,8 +14,8 @@ from collections.abc import AsyncIterator
 import asyncpg
 from aiohttp import web
 
-from service import nonces, ratelimit, sessions
-from service.config import CONFIG
+from service import audit, nonces, ratelimit, sessions
+from service.config import CONFIG, Config
 from service.db import DATABASE_UNAVAILABLE, POOL
 
 log = logging.getLogger(__name__)
@@ -22,14 +23,18 @@ log = logging.getLogger(__name__)
 PURGE_INTERVAL = 60.0
 
 
-async def purge_forever(pool: asyncpg.Pool, *, idle_timeout: int, every: float) -> None:
+async def purge_forever(pool: asyncpg.Pool, config: Config, *, every: float) -> None:
     while True:
         try:
-            purged = await sessions.purge_expired(pool, idle_timeout=idle_timeout)
+            purged = await sessions.purge_expired(pool, idle_timeout=config.session_idle_timeout)
             await nonces.purge_spent(pool)
             await ratelimit.purge_expired(pool)
+            if config.audit_retention_days:
+                events = await audit.purge_older_than(pool, config.audit_retention_days)
+                if events:
+                    log.info("purged %d auth events past AUDIT_RETENTION_DAYS", events)
         except (*DATABASE_UNAVAILABLE, asyncpg.PostgresError) as error:
-            log.warning("purging expired sessions failed, will retry: %s", type(error).__name__)
+            log.warning("purging expired rows failed, will retry: %s", type(error).__name__)
         else:
             if purged:
                 log.info("purged %d expired sessions", purged)
@@ -37,11 +42,7 @@ async def purge_forever(pool: asyncpg.Pool, *, idle_timeout: int, every: float) 
 
 
 async def purge_ctx(app: web.Application) -> AsyncIterator[None]:
-    task = asyncio.create_task(
-        purge_forever(
-            app[POOL], idle_timeout=app[CONFIG].session_idle_timeout, every=PURGE_INTERVAL
-        )
-    )
+    task = asyncio.create_task(purge_forever(app[POOL], app[CONFIG], every=PURGE_INTERVAL))
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):

@@ -115,8 +115,9 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 @web.middleware
 async def rate_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
     if is_rate_limited(handler):
-        limit = request.config_dict[CONFIG].login_rate_limit
-        wait = await ratelimit.hit(request.config_dict[POOL], request.remote or "unknown", limit)
+        config = request.config_dict[CONFIG]
+        key = ratelimit.client_key(request.remote, ipv6_prefix=config.login_rate_limit_ipv6_prefix)
+        wait = await ratelimit.hit(request.config_dict[POOL], key, config.login_rate_limit)
         if wait:
             raise TooManyRequests(
                 "rate_limited",

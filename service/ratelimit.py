@@ -6,6 +6,7 @@ one more every period/N seconds. Each attempt is one upsert, so workers and inst
 
 from __future__ import annotations
 
+import ipaddress
 import math
 
 import asyncpg
@@ -42,6 +43,22 @@ async def hit(pool: asyncpg.Pool, key: str, limit: RateLimit) -> float:
 async def purge_expired(pool: asyncpg.Pool) -> None:
     """Forget clients whose budget is whole again."""
     await pool.execute("DELETE FROM login_rate WHERE tat < now()")
+
+
+def client_key(ip: str | None, *, ipv6_prefix: int) -> str:
+    """Whose budget an attempt spends: an IPv4 address, or the IPv6 network it is part of.
+
+    One IPv6 host usually holds a whole /64 and could rotate through it for fresh budgets.
+    """
+    try:
+        address = ipaddress.ip_address(ip or "")
+    except ValueError:
+        return ip or "unknown"
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/{ipv6_prefix}", strict=False))
+    return str(address)
 
 
 def retry_after(seconds: float) -> str:

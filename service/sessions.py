@@ -11,6 +11,7 @@ from typing import Any
 
 import asyncpg
 
+from service.db import delete_in_batches
 from service.users import User
 
 
@@ -247,13 +248,13 @@ async def purge_expired(pool: asyncpg.Pool, *, idle_timeout: int, batch: int = 1
 
     Expired and idle are two queries, so that each uses its own index.
     """
-    expired = await _delete_in_batches(
+    expired = await delete_in_batches(
         pool,
         "DELETE FROM sessions WHERE id IN"
         " (SELECT id FROM sessions WHERE expires_at <= now() LIMIT $1)",
         batch,
     )
-    idle = await _delete_in_batches(
+    idle = await delete_in_batches(
         pool,
         "DELETE FROM sessions WHERE id IN (SELECT id FROM sessions"
         " WHERE last_seen_at <= now() - make_interval(secs => $2) LIMIT $1)",
@@ -261,13 +262,3 @@ async def purge_expired(pool: asyncpg.Pool, *, idle_timeout: int, batch: int = 1
         idle_timeout,
     )
     return expired + idle
-
-
-async def _delete_in_batches(pool: asyncpg.Pool, query: str, batch: int, *args: object) -> int:
-    deleted = batch
-    total = 0
-    while deleted == batch:
-        status: str = await pool.execute(query, batch, *args)
-        deleted = int(status.split()[-1])
-        total += deleted
-    return total

@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 import aiohttp
+import asyncpg
 import pytest
 
 from service.config import RateLimit
@@ -351,6 +352,65 @@ async def test_an_untrusted_forwarded_for_cannot_buy_a_fresh_rate_limit_budget(
         statuses.append(response.status)
 
     assert statuses == [400, 400, 429]
+
+
+async def test_one_ipv6_host_rotating_through_its_64_shares_one_budget(
+    start_service: Any,
+) -> None:
+    service = await start_service(trusted_proxies=("127.0.0.1",), login_rate_limit=RateLimit(2, 60))
+    browser = service.browser()
+
+    async def attempt(ip: str) -> int:
+        response = await browser.post("/api/login", headers={"X-Forwarded-For": ip}, json={})
+        return response.status
+
+    same_64 = ["2001:db8:1:2::1", "2001:db8:1:2::2", "2001:db8:1:2:ffff::3"]
+    assert [await attempt(ip) for ip in same_64] == [400, 400, 429]
+    # The next /64 over is another client; an IPv4-mapped address is its IPv4 address.
+    assert [await attempt("2001:db8:1:3::1") for _ in range(3)] == [400, 400, 429]
+    assert await attempt("::ffff:203.0.113.9") == 400
+    assert await attempt("203.0.113.9") == 400
+    assert await attempt("::ffff:203.0.113.9") == 429
+
+
+async def test_the_ipv6_prefix_of_a_budget_is_configurable(start_service: Any) -> None:
+    service = await start_service(
+        trusted_proxies=("127.0.0.1",),
+        login_rate_limit=RateLimit(1, 60),
+        login_rate_limit_ipv6_prefix=128,
+    )
+    browser = service.browser()
+
+    for ip in ("2001:db8::1", "2001:db8::2"):
+        response = await browser.post("/api/login", headers={"X-Forwarded-For": ip}, json={})
+        assert response.status == 400
+
+
+async def test_repeated_failures_from_one_address_are_one_counted_event(
+    start_service: Any, db: asyncpg.Pool
+) -> None:
+    service = await start_service(trusted_proxies=("127.0.0.1",))
+    browser = service.browser()
+
+    for ip, body in [
+        *[(FORWARDED_IP, {})] * 5,
+        (FORWARDED_IP, {"credential": "not-a-token"}),
+        (OTHER_FORWARDED_IP, {}),
+    ]:
+        response = await browser.post("/api/login", headers={"X-Forwarded-For": ip}, json=body)
+        assert response.status in (400, 401)
+
+    rows = await db.fetch(
+        """
+        SELECT ip, detail->>'error' AS error, (detail->>'count')::int AS count FROM auth_events
+        WHERE kind = 'login_failed' ORDER BY id
+        """
+    )
+    assert [tuple(row) for row in rows] == [
+        (FORWARDED_IP, "missing_credential", 5),
+        (FORWARDED_IP, "malformed_token", 1),
+        (OTHER_FORWARDED_IP, "missing_credential", 1),
+    ]
 
 
 # --- Headers --------------------------------------------------------------------------------

@@ -201,6 +201,22 @@ MORE_BAD_CONFIGURATIONS = {
         "TRUSTED_PROXIES",
     ),
     "unknown_log_format": ({"GOOGLE_CLIENT_ID": "x", "LOG_FORMAT": "xml"}, "LOG_FORMAT"),
+    "acquire_timeout_not_seconds": (
+        {"GOOGLE_CLIENT_ID": "x", "DB_ACQUIRE_TIMEOUT": "5s"},
+        "DB_ACQUIRE_TIMEOUT",
+    ),
+    "statement_timeout_zero": (
+        {"GOOGLE_CLIENT_ID": "x", "DB_STATEMENT_TIMEOUT": "0"},
+        "DB_STATEMENT_TIMEOUT",
+    ),
+    "ipv6_prefix_too_short": (
+        {"GOOGLE_CLIENT_ID": "x", "LOGIN_RATE_LIMIT_IPV6_PREFIX": "8"},
+        "LOGIN_RATE_LIMIT_IPV6_PREFIX",
+    ),
+    "negative_retention": (
+        {"GOOGLE_CLIENT_ID": "x", "AUDIT_RETENTION_DAYS": "-1"},
+        "AUDIT_RETENTION_DAYS",
+    ),
 }
 
 
@@ -277,6 +293,10 @@ def test_config_from_env_defaults() -> None:
     assert config.log_format == "text"
     assert config.dev_login is False
     assert config.hsts is False
+    assert config.db_acquire_timeout == 5.0
+    assert config.db_statement_timeout == 10.0
+    assert config.login_rate_limit_ipv6_prefix == 64
+    assert config.audit_retention_days == 90
 
 
 def test_config_from_env_parses_lists_flags_and_rates() -> None:
@@ -294,6 +314,10 @@ def test_config_from_env_parses_lists_flags_and_rates() -> None:
             "TRUSTED_PROXIES": "10.0.0.0/8, 127.0.0.1",
             "LOGIN_RATE_LIMIT": "5 / second",
             "LOG_FORMAT": "json",
+            "DB_ACQUIRE_TIMEOUT": "0.25",
+            "DB_STATEMENT_TIMEOUT": "2",
+            "LOGIN_RATE_LIMIT_IPV6_PREFIX": "56",
+            "AUDIT_RETENTION_DAYS": "0",
         }
     )
 
@@ -315,6 +339,9 @@ def test_config_from_env_parses_lists_flags_and_rates() -> None:
     assert config.trusted_proxies == ("10.0.0.0/8", "127.0.0.1")
     assert config.login_rate_limit == RateLimit(5, 1)
     assert config.log_format == "json"
+    assert (config.db_acquire_timeout, config.db_statement_timeout) == (0.25, 2.0)
+    assert config.login_rate_limit_ipv6_prefix == 56
+    assert config.audit_retention_days == 0  # kept forever
     assert "p@" not in str(config.masked())
 
 

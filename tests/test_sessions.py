@@ -643,6 +643,13 @@ async def test_background_purge_runs_with_the_app_and_stops_with_it(
     user = await make_user(db)
     await insert_session(db, user)
     await db.execute("UPDATE sessions SET expires_at = now() - interval '1 second'")
+    # AUDIT_RETENTION_DAYS is 90 by default.
+    await db.execute(
+        """
+        INSERT INTO auth_events (kind, at) VALUES
+            ('login_ok', now() - interval '91 days'), ('login_ok', now() - interval '89 days')
+        """
+    )
     assert purge_tasks() == []
     runner = web.AppRunner(create_app(service_config(database_url, issuer.certs_url, 8080)))
 
@@ -655,6 +662,12 @@ async def test_background_purge_runs_with_the_app_and_stops_with_it(
                 break
             await asyncio.sleep(0.05)
         assert await db.fetchval("SELECT count(*) FROM sessions") == 0
+        for _ in range(100):  # events are purged after sessions
+            if await db.fetchval("SELECT count(*) FROM auth_events") == 1:
+                break
+            await asyncio.sleep(0.05)
+        assert await db.fetchval("SELECT count(*) FROM auth_events") == 1
+        assert await db.fetchval("SELECT now() - at < interval '90 days' FROM auth_events")
     finally:
         await runner.cleanup()
 

@@ -32,6 +32,8 @@ async def readyz(request: web.Request) -> web.Response:
     except DATABASE_UNAVAILABLE as error:
         raise ServiceUnavailable(*database_failure(error)) from None
     if read_only == "on":
+        # New connections follow DATABASE_URL to wherever the primary is now.
+        await request.app[POOL].expire_connections()
         raise ServiceUnavailable(*database_failure(asyncpg.ReadOnlySQLTransactionError()))
     if revision != request.app[SCHEMA_HEAD]:
         raise ServiceUnavailable(

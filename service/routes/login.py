@@ -58,9 +58,7 @@ async def login(request: web.Request) -> web.Response:
         email = verified.identity.email
         user, token = await _sign_in(request, verified)
     except ApiError as error:
-        await audit.record(
-            pool, "login_failed", user_id=None, **client, error=error.code, email=email
-        )
+        await audit.record_failed_login(pool, **client, error=error.code, email=email)
         raise
     request[REQUEST_LOG].user_id = user.id
     response = web.json_response({"user": user.public()})
