@@ -18,6 +18,7 @@ from tests.issuer import CLIENT_ID, Issuer
 APP_ORIGIN = "http://app.example.com"
 FOREIGN_ORIGIN = "https://evil.example.net"
 FORWARDED_IP = "203.0.113.7"
+JSON = {"Content-Type": "application/json"}
 OTHER_FORWARDED_IP = "198.51.100.23"
 
 
@@ -482,35 +483,39 @@ async def test_a_wrong_method_is_405_with_an_allow_header(
 
 async def test_every_error_is_a_json_error_and_message_and_never_a_500(browser: Browser) -> None:
     nonce = await browser.new_nonce()
-    requests: list[tuple[str, str, dict[str, Any]]] = [
-        ("GET", "/api/user", {}),
-        ("GET", "/api/me", {}),
-        ("GET", "/api/nope", {}),
-        ("DELETE", "/api/user", {}),
-        ("POST", "/api/login", {"origin": None}),
-        ("POST", "/api/login", {"data": b"credential=x"}),
+    requests: list[tuple[str, str, dict[str, Any], int, str]] = [
+        ("GET", "/api/user", {}, 401, "not_signed_in"),
+        ("GET", "/api/me", {}, 401, "not_signed_in"),
+        ("GET", "/api/nope", {}, 404, "not_found"),
+        ("DELETE", "/api/user", {}, 405, "method_not_allowed"),
+        ("POST", "/api/login", {"origin": None}, 403, "csrf"),
+        ("POST", "/api/login", {"data": b"credential=x"}, 400, "bad_content_type"),
+        ("POST", "/api/login", {"data": b"{not json", "headers": JSON}, 400, "bad_json"),
+        ("POST", "/api/login", {"data": b"\xff\xfe", "headers": JSON}, 400, "bad_json"),
+        ("POST", "/api/login", {"json": ["credential"]}, 400, "bad_json"),
+        ("POST", "/api/login", {"json": None}, 400, "bad_content_type"),  # no body at all
+        ("POST", "/api/login", {"json": {"credential": "not.a.jwt"}}, 401, "malformed_token"),
+        ("POST", "/api/login", {"json": {"credential": "a" * 2000}}, 401, "malformed_token"),
         (
             "POST",
             "/api/login",
-            {"data": b"{not json", "headers": {"Content-Type": "application/json"}},
+            {"json": {"credential": "x" * (70 * 1024)}},
+            413,
+            "payload_too_large",
         ),
         (
             "POST",
             "/api/login",
-            {"data": b"\xff\xfe", "headers": {"Content-Type": "application/json"}},
+            {"json": {"credential": f"e30.{nonce}.sig"}},
+            401,
+            "malformed_token",
         ),
-        ("POST", "/api/login", {"json": ["credential"]}),
-        ("POST", "/api/login", {"json": None}),
-        ("POST", "/api/login", {"json": {"credential": "not.a.jwt"}}),
-        ("POST", "/api/login", {"json": {"credential": "a" * 2000}}),
-        ("POST", "/api/login", {"json": {"credential": "x" * (70 * 1024)}}),
-        ("POST", "/api/login", {"json": {"credential": f"e30.{nonce}.sig"}}),
-        ("GET", "/api/user", {"headers": {"Cookie": "session_id=forged"}}),
+        ("GET", "/api/user", {"headers": {"Cookie": "session_id=forged"}}, 401, "not_signed_in"),
     ]
-    for method, path, kwargs in requests:
+    for method, path, kwargs, status, code in requests:
         response = await browser.request(method, path, **kwargs)
-        assert 400 <= response.status < 500, (method, path, response.status, await response.text())
-        await error_code(response)
+        assert response.status == status, (method, path, response.status, await response.text())
+        assert await error_code(response) == code, (method, path)
 
 
 async def test_a_body_over_the_size_limit_is_413_payload_too_large(browser: Browser) -> None:
