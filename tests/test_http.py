@@ -318,6 +318,30 @@ async def test_a_trusted_proxys_forwarded_ip_is_the_sessions_ip(
     assert (await me.json())["session"]["ip"] == FORWARDED_IP
 
 
+@pytest.mark.parametrize(
+    ("trusted", "headers"),
+    [
+        (("10.0.0.1",), {"X-Forwarded-For": FORWARDED_IP}),  # a peer that is not the proxy
+        (("10.0.0.1",), {}),
+        (("127.0.0.1",), {}),  # the proxy, but without the header it must add
+        (("127.0.0.1",), {"X-Forwarded-For": f"{OTHER_FORWARDED_IP}, {FORWARDED_IP}"}),  # appended
+    ],
+)
+async def test_strict_proxy_mode_refuses_what_did_not_come_through_the_proxy(
+    start_service: Any, trusted: tuple[str, ...], headers: dict[str, str]
+) -> None:
+    service = await start_service(trusted_proxies=trusted)
+    browser = service.browser()
+
+    for method, path in [("GET", "/api/user"), ("GET", "/api/config"), ("POST", "/api/login")]:
+        response = await browser.request(method, path, headers=headers, json={})
+        assert response.status == 400, (path, await response.text())
+        assert await error_code(response) == "bad_request"
+    # The probes answer whoever asks: load balancers reach the service directly.
+    for probe in ("/healthz", "/readyz"):
+        assert (await browser.get(probe, headers=headers)).status == 200
+
+
 async def test_forwarded_for_is_ignored_without_trusted_proxies(
     browser: Browser, issuer: Issuer
 ) -> None:

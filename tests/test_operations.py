@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
 
@@ -32,6 +34,7 @@ from service.config import (
 from service.logs import JsonFormatter
 from tests.conftest import Browser, Service
 from tests.issuer import Issuer
+from tests.test_instances import start_instance, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 # Where a CLI run that got past its configuration would fail fast instead of serving.
@@ -605,6 +608,32 @@ async def test_access_lines_are_json_with_method_path_status_duration_and_user(
     assert find("GET", "/api/user", 401)["user_id"] is None
     assert find("GET", "/api/config", 200)["user_id"] is None
     assert find("POST", "/api/login/nonce", 200)["user_id"] is None
+
+
+async def test_log_format_json_makes_every_line_the_service_prints_json(
+    database_url: str, unused_tcp_port: int
+) -> None:
+    """Through the service's own logging setup: gunicorn's lines, startup, access lines."""
+    env = cli_env(DATABASE_URL=database_url, DEV_LOGIN="1", WORKERS="1", LOG_FORMAT="json")
+    process = await start_instance(env, unused_tcp_port)
+    try:
+        await wait_ready(unused_tcp_port)
+        url = f"http://127.0.0.1:{unused_tcp_port}/api/user"
+        async with aiohttp.ClientSession() as client, client.get(url) as response:
+            assert response.status == 401
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output = (await process.communicate())[0].decode()
+
+    assert process.returncode == 0, output
+    entries = [json.loads(line) for line in output.splitlines() if line.strip()]
+    loggers = {entry["logger"] for entry in entries}
+    assert {"service", "service.access", "gunicorn.error"} <= loggers, loggers
+    for entry in entries:
+        assert {"time", "level", "logger", "message"} <= set(entry), entry
+    [access] = [e for e in entries if e["logger"] == "service.access" and e["path"] == "/api/user"]
+    assert (access["method"], access["status"], access["user_id"]) == ("GET", 401, None)
+    assert access["duration_ms"] >= 0
 
 
 async def test_the_session_cookie_never_appears_in_any_log_record(
