@@ -405,8 +405,13 @@ async def test_the_image_health_check_passes(podman: Podman, container: Running)
 
 
 async def get_user(port: int, cookie: str) -> str:
-    """One GET /api/user on a new connection, in plain HTTP/1.1 so that no client library
-    retries behind our back: "200", "refused" when the connection could not be made (the
+    """One GET /api/user on a new connection (see `send`)."""
+    return await send(port, cookie, "GET /api/user")
+
+
+async def send(port: int, cookie: str, request_line: str) -> str:
+    """One request on a new connection, in plain HTTP/1.1 so that no client library retries
+    behind our back: its status, "refused" when the connection could not be made (the
     listener is closed), or what went wrong after it was made."""
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 30)
@@ -416,7 +421,8 @@ async def get_user(port: int, cookie: str) -> str:
         return "connect timed out"
     try:
         request = (
-            f"GET /api/user HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"{request_line} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Origin: http://127.0.0.1:{port}\r\nContent-Length: 0\r\n"
             f"Cookie: session_id={cookie}\r\nConnection: close\r\n\r\n"
         )
         writer.write(request.encode())
@@ -439,17 +445,37 @@ async def get_user(port: int, cookie: str) -> str:
     return status
 
 
+async def wait_for_a_lock_waiter(conn: asyncpg.Connection) -> None:
+    for _ in range(1000):
+        if await conn.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted"):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the slow request never waited for the lock")
+
+
 async def test_sigterm_under_load_loses_no_request_and_exits_0(
     podman: Podman, image: str, container_database_url: str
 ) -> None:
     """SIGTERM while 16 clients send requests back to back: every request either gets its 200
     or fails to connect (the listener is closed); none is reset or answered with an error once
-    its connection was made. The container exits 0 within SHUTDOWN_TIMEOUT (and a margin)."""
+    its connection was made. A slow request in flight when the signal comes (a logout waiting
+    for a row lock, released a second after the signal) completes. The container exits 0
+    within SHUTDOWN_TIMEOUT (and a margin)."""
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     container = podman.start("sigterm", port, container_database_url)
     await wait_ready(podman, container, base_url)
     cookie = await sign_in(base_url, "load@example.com")
+    slow_cookie = await sign_in(base_url, "slow@example.com")
+    holder = await asyncpg.connect(container_database_url)
+    lock = holder.transaction()
+    await lock.start()
+    await holder.execute(
+        "SELECT 1 FROM sessions WHERE user_id = (SELECT id FROM users WHERE email = $1) FOR UPDATE",
+        "slow@example.com",
+    )
+    slow = asyncio.create_task(send(port, slow_cookie, "POST /api/logout"))
+    await wait_for_a_lock_waiter(holder)
 
     outcomes: Counter[str] = Counter()
     answered_after_term = 0
@@ -473,6 +499,9 @@ async def test_sigterm_under_load_loses_no_request_and_exits_0(
         term_sent = time.monotonic()
         code, output = await podman.arun("kill", "--signal=TERM", container)
         assert code == 0, output
+        await asyncio.sleep(1)
+        assert not slow.done()
+        await lock.rollback()
         code, exit_code = await podman.arun(
             "wait", container, seconds=SHUTDOWN_TIMEOUT + STOP_MARGIN + 30
         )
@@ -482,6 +511,12 @@ async def test_sigterm_under_load_loses_no_request_and_exits_0(
     finally:
         stop.set()
         await asyncio.gather(*clients)
+        slow_outcome = await slow
+        slow_sessions = await holder.fetchval(
+            "SELECT count(*) FROM sessions s JOIN users u ON u.id = s.user_id"
+            " WHERE u.email = 'slow@example.com'"
+        )
+        await holder.close()
         logs = podman.logs(container)
     lost = {outcome: n for outcome, n in outcomes.items() if outcome not in ("200", "refused")}
     log(
@@ -491,6 +526,7 @@ async def test_sigterm_under_load_loses_no_request_and_exits_0(
     )
 
     assert not lost, f"requests lost: {lost}\n{logs[-4000:]}"
+    assert (slow_outcome, slow_sessions) == ("204", 0), logs[-4000:]
     assert answered_before > 0 and outcomes["refused"] > 0, outcomes
     assert exit_code == "0", logs[-4000:]
     assert stopped_in < SHUTDOWN_TIMEOUT + STOP_MARGIN, stopped_in
