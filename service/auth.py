@@ -1,17 +1,17 @@
 """Token verification: a Google ID token in, verified claims out, or an `Unauthorized` saying why.
 
-google-auth does the cryptography and the `exp`/`iat`/`aud` checks in a worker thread (it
-blocks on fetching certs); its certs go through a CacheControl-wrapped `requests` session, so
-they are fetched once per their Cache-Control lifetime, not per sign-in. The rest of Google's
-rules (issuer, `nbf`, algorithm) are checked here.
+google-auth checks the signature and `exp`/`iat`/`aud` in a worker thread (RSA is CPU work);
+the rest of Google's rules (issuer, `nbf`, algorithm) are checked here. Google's certs are
+fetched through a CacheControl-wrapped `requests` session and kept in memory for their
+Cache-Control lifetime, so a sign-in normally does no I/O for them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import threading
+import math
+import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -19,12 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import cachecontrol
-import google.auth.exceptions
-import google.auth.transport.requests
 import requests
 from aiohttp import web
 from google.auth import jwt
-from google.oauth2 import id_token
 
 from service.config import CONFIG, Config
 from service.errors import ServiceUnavailable, Unauthorized
@@ -33,7 +30,10 @@ log = logging.getLogger(__name__)
 
 GOOGLE_ISSUERS = frozenset({"accounts.google.com", "https://accounts.google.com"})
 CLOCK_SKEW = 10  # seconds allowed either way on exp, iat and nbf
-CERTS_TIMEOUT = 10
+CERTS_TIMEOUT = 10  # seconds a sign-in may wait for Google's certs, however many wait
+CERTS_GRACE = 900  # seconds expired certs stay usable while refreshing them fails
+MIN_CERTS_LIFETIME = 60  # seconds between fetches, whatever the Cache-Control says
+MAX_CERTS_LIFETIME = 86400
 MAX_EXP = 253402300800  # 10000-01-01: beyond it neither Postgres nor datetime can hold the time
 
 # google-auth says what failed only in its messages; these map them to stable error codes.
@@ -80,6 +80,117 @@ class VerifiedToken:
     expires_at: float
 
 
+class GoogleCerts:
+    """Google's signing certs, fetched once per their lifetime and shared by every sign-in.
+
+    Every caller that needs a fetch waits on the same one, which gives up after CERTS_TIMEOUT,
+    so all of them fail together and none waits longer. Expired certs stay in use for up to
+    `grace` seconds, refreshed in the background meanwhile: Google publishes a key well before
+    it signs with it and keeps it well after, so a set just past its lifetime is still right,
+    and an outage of Google's endpoint does not stop sign-ins. A key id that is not in the set
+    asks Google again, at most once per `min_lifetime`, so made-up key ids cannot make every
+    sign-in fetch.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        executor: ThreadPoolExecutor,
+        *,
+        grace: float = CERTS_GRACE,
+        min_lifetime: float = MIN_CERTS_LIFETIME,
+    ) -> None:
+        self.url = url
+        self.grace = grace
+        self.min_lifetime = min_lifetime
+        self._executor = executor
+        self._http = cachecontrol.CacheControl(requests.Session())
+        self._certs: dict[str, str] = {}
+        self._fetched_at = -math.inf  # time.monotonic() of the last good fetch
+        self._fresh_until = -math.inf
+        self._fetching: asyncio.Task[None] | None = None
+
+    def close(self) -> None:
+        self._http.close()
+
+    async def get(self, kid: str) -> dict[str, str]:
+        """The certs to verify a token signed with `kid` against."""
+        now = time.monotonic()
+        if kid in self._certs:
+            if now < self._fresh_until:
+                return self._certs
+            if now < self._fresh_until + self.grace:
+                self._refresh_soon()  # this sign-in needs no new key: it does not wait
+                return self._certs
+        elif now < self._fetched_at + self.min_lifetime:
+            return self._certs  # asked Google just now: an unknown key is the token's fault
+        try:
+            # Shielded: a sign-in whose client left does not cancel everyone's fetch.
+            await asyncio.shield(self._refresh_soon(revalidate=kid not in self._certs))
+        except CertsUnavailable as error:
+            raise ServiceUnavailable(
+                "certs_unavailable", "Google's signing keys could not be fetched; try again."
+            ) from error
+        return self._certs
+
+    def _refresh_soon(self, *, revalidate: bool = False) -> asyncio.Task[None]:
+        """The fetch in flight, or a new one (past the HTTP cache when `revalidate`)."""
+        if self._fetching is None:
+            self._fetching = asyncio.create_task(self._refresh(revalidate))
+            # Retrieve its failure even when no one waits for it (a background refresh).
+            self._fetching.add_done_callback(lambda task: task.cancelled() or task.exception())
+        return self._fetching
+
+    async def _refresh(self, revalidate: bool) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(CERTS_TIMEOUT):
+                certs, lifetime = await loop.run_in_executor(
+                    self._executor, self._fetch, revalidate
+                )
+        except TimeoutError:
+            log.warning("fetching Google's certs failed: no answer in %d s", CERTS_TIMEOUT)
+            raise CertsUnavailable("no answer in time") from None
+        except (requests.RequestException, ValueError) as error:
+            log.warning("fetching Google's certs failed: %s", type(error).__name__)
+            raise CertsUnavailable(type(error).__name__) from None
+        finally:
+            self._fetching = None
+        self._certs = certs
+        self._fetched_at = time.monotonic()
+        self._fresh_until = self._fetched_at + max(lifetime, self.min_lifetime)
+
+    def _fetch(self, revalidate: bool) -> tuple[dict[str, str], float]:
+        """In a thread: the certs and how many seconds they may be used without asking again.
+
+        CacheControl answers from its HTTP cache while the certs are fresh, and revalidates
+        them (a conditional request, where Google's answer allows one) when they are not.
+        """
+        headers = {"Cache-Control": "no-cache"} if revalidate else {}
+        response = self._http.get(self.url, headers=headers, timeout=(3.05, CERTS_TIMEOUT))
+        response.raise_for_status()
+        certs = response.json()  # ValueError when it is not JSON
+        if (
+            not isinstance(certs, dict)
+            or not certs
+            or not all(isinstance(k, str) and isinstance(v, str) for k, v in certs.items())
+        ):
+            raise ValueError("the certs are not a JSON object of certificates")
+        return certs, _lifetime(response.headers)
+
+
+class CertsUnavailable(Exception):
+    """Google's certs could not be fetched; the message says why, without any secret."""
+
+
+def _lifetime(headers: Mapping[str, str]) -> float:
+    """Cache-Control's max-age less the response's Age, at most MAX_CERTS_LIFETIME."""
+    match = re.search(r"max-age=(\d+)", headers.get("Cache-Control", ""))
+    age = headers.get("Age", "0")
+    seconds = int(match[1]) - (int(age) if age.isdigit() else 0) if match else 0
+    return float(min(max(seconds, 0), MAX_CERTS_LIFETIME))
+
+
 class TokenVerifier:
     """Verifies ID tokens against Google's certs, and against extra in-memory certs (dev login)."""
 
@@ -87,37 +198,29 @@ class TokenVerifier:
         self,
         *,
         audiences: tuple[str, ...],
-        certs_url: str,
+        google_certs: GoogleCerts,
         executor: ThreadPoolExecutor,
         local_certs: Mapping[str, str] | None = None,
     ) -> None:
         self.audiences = list(audiences)
-        self.certs_url = certs_url
+        self.google_certs = google_certs
         self.executor = executor
         self.local_certs = dict(local_certs or {})
-        session = cachecontrol.CacheControl(requests.Session())
-        self._http = session
-        self._request = google.auth.transport.requests.Request(session=session)
-        self._fetch_lock = threading.Lock()
-
-    def close(self) -> None:
-        self._http.close()
 
     async def verify(self, token: str) -> VerifiedToken:
         """The token's claims once every check passed; never logs or keeps the token."""
         header = _header(token)
         if header.get("alg") != "RS256":
             raise Unauthorized("unsupported_algorithm", "The token's algorithm is not Google's.")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise Unauthorized("unknown_key", "The token was signed by an unknown key.")
+        certs = self.local_certs if kid in self.local_certs else await self.google_certs.get(kid)
         loop = asyncio.get_running_loop()
         try:
             claims: dict[str, Any] = dict(
-                await loop.run_in_executor(self.executor, self._verify_blocking, token, header)
+                await loop.run_in_executor(self.executor, self._decode, token, certs)
             )
-        except (google.auth.exceptions.TransportError, requests.RequestException) as error:
-            log.warning("fetching Google's certs failed: %s", type(error).__name__)
-            raise ServiceUnavailable(
-                "certs_unavailable", "Google's signing keys could not be fetched; try again."
-            ) from None
         # google-auth's InvalidValue and MalformedError; TypeError on a non-numeric exp or iat;
         # RecursionError on a deeply nested header or payload.
         except (ValueError, TypeError, RecursionError) as error:
@@ -138,36 +241,11 @@ class TokenVerifier:
             expires_at=float(claims["exp"]),
         )
 
-    def _verify_blocking(self, token: str, header: Mapping[str, Any]) -> Mapping[str, Any]:
-        if header.get("kid") in self.local_certs:
-            return jwt.decode(  # type: ignore[no-any-return]
-                token,
-                certs=self.local_certs,
-                audience=self.audiences,
-                clock_skew_in_seconds=CLOCK_SKEW,
-            )
-        fetch: Any = self._fetch_certs  # google-auth types it as a Request; it is only called
-        return id_token.verify_token(
-            token,
-            fetch,
-            audience=self.audiences,
-            certs_url=self.certs_url,
-            clock_skew_in_seconds=CLOCK_SKEW,
+    def _decode(self, token: str, certs: Mapping[str, str]) -> Mapping[str, Any]:
+        # What google.oauth2.id_token.verify_token does with the certs it fetched.
+        return jwt.decode(  # type: ignore[no-any-return]
+            token, certs=certs, audience=self.audiences, clock_skew_in_seconds=CLOCK_SKEW
         )
-
-    def _fetch_certs(self, url: str, method: str = "GET", **kwargs: Any) -> Any:
-        """verify_token's request, with a timeout; a body that is not certs is Google's failure."""
-        # One fetch at a time: logins arriving together on a cold cache share the first fetch.
-        with self._fetch_lock:
-            response = self._request(url, method=method, timeout=CERTS_TIMEOUT, **kwargs)
-        if response.status == 200:
-            try:
-                certs = json.loads(response.data)
-            except ValueError:
-                certs = None
-            if not isinstance(certs, dict):
-                raise google.auth.exceptions.TransportError("the certs are not a JSON object")
-        return response
 
 
 def _header(token: str) -> Mapping[str, Any]:
@@ -206,17 +284,21 @@ def _check_claims(claims: Mapping[str, Any]) -> None:
 
 async def verifier_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
-    # Verification is mostly waiting on certs or CPU-bound RSA; a few threads are plenty.
-    with ThreadPoolExecutor(max_workers=4, thread_name_prefix="verify") as executor:
-        verifier = TokenVerifier(
+    # Verification is CPU-bound RSA, a few threads are plenty; the certs fetch has a thread of
+    # its own, so a hung fetch never holds up verifying tokens against certs already here.
+    with (
+        ThreadPoolExecutor(max_workers=4, thread_name_prefix="verify") as executor,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="certs") as fetcher,
+    ):
+        google_certs = GoogleCerts(config.google_certs_url, fetcher)
+        app[VERIFIER] = TokenVerifier(
             audiences=config.client_ids,
-            certs_url=config.google_certs_url,
+            google_certs=google_certs,
             executor=executor,
             local_certs=app.get(LOCAL_CERTS, {}),
         )
-        app[VERIFIER] = verifier
         yield
-        verifier.close()
+        google_certs.close()
 
 
 VERIFIER = web.AppKey("verifier", TokenVerifier)

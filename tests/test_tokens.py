@@ -14,14 +14,18 @@ import logging
 import secrets
 import time
 from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import asyncpg
 import pytest
 from aiohttp import ClientResponse, web
 
+from service.auth import GoogleCerts, ServiceUnavailable
+from service.auth import _lifetime as certs_lifetime
 from tests.conftest import Browser, Service
-from tests.issuer import Issuer, signing_key
+from tests.issuer import KEY_ID, Issuer, signing_key
 
 SESSION_COOKIE = "session_id"
 NONCE_COOKIE = "login_nonce"
@@ -606,6 +610,161 @@ async def test_certs_endpoint_answering_garbage_answers_503_certs_unavailable(
 
     # Google's side failed, not the user's token: a 503 to retry, not a 401.
     await assert_refused(response, db, 503, "certs_unavailable")
+
+
+@pytest.fixture
+async def hanging_certs() -> AsyncIterator[tuple[str, list[asyncio.StreamWriter]]]:
+    """A certs URL whose server accepts connections and never answers; and those connections."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(hang, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    yield f"http://127.0.0.1:{port}/oauth2/v1/certs", held
+    for writer in held:
+        writer.close()
+    server.close()
+    await server.wait_closed()
+
+
+async def raw_post(url: str, path: str, body: bytes, cookie: str) -> tuple[float, str]:
+    """One POST on a connection of its own: seconds to the answer, and its status line (or
+    how the connection ended without one)."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    started = time.monotonic()
+    writer.write(
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nOrigin: {url}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        f"Cookie: {cookie}\r\nConnection: close\r\n\r\n".encode()
+        + body
+    )
+    try:
+        answer = await asyncio.wait_for(reader.read(), 60)
+    finally:
+        writer.close()
+    status = answer.split(b"\r\n", 1)[0].decode() if answer else "closed without an answer"
+    return time.monotonic() - started, status
+
+
+async def test_a_certs_endpoint_that_never_answers_fails_every_waiting_sign_in_at_once(
+    start_service: Any, issuer: Issuer, db: asyncpg.Pool, hanging_certs: Any
+) -> None:
+    """40 sign-ins, each on its own connection, wait for one fetch and share its failure."""
+    certs_url, held = hanging_certs
+    service = await start_service(google_certs_url=certs_url)
+    bodies = []
+    for _ in range(40):
+        browser = service.browser()
+        nonce = await browser.new_nonce()
+        credential = issuer.token(nonce=nonce)
+        cookie = f"login_nonce={browser.cookie('login_nonce')}"
+        bodies.append((json.dumps({"credential": credential}).encode(), cookie))
+
+    answers = await asyncio.gather(
+        *(raw_post(service.base_url, "/api/login", body, cookie) for body, cookie in bodies)
+    )
+
+    assert {status for _, status in answers} == {"HTTP/1.1 503 Service Unavailable"}, answers
+    assert max(seconds for seconds, _ in answers) < 12
+    assert len(held) == 1  # one fetch for all of them
+    assert await db.fetchval("SELECT count(*) FROM sessions") == 0
+
+
+async def certs_server(aiohttp_server: Any, issuer: Issuer, max_age: int) -> Any:
+    """Serves the issuer's certs with `max-age`, or fails with 503 while `.failing` is set."""
+
+    async def serve(request: web.Request) -> web.Response:
+        serve.fetches += 1  # type: ignore[attr-defined]
+        if serve.failing:  # type: ignore[attr-defined]
+            return web.Response(status=503)
+        return web.json_response(issuer.certs, headers={"Cache-Control": f"max-age={max_age}"})
+
+    serve.fetches = 0  # type: ignore[attr-defined]
+    serve.failing = False  # type: ignore[attr-defined]
+    app = web.Application()
+    app.router.add_get("/certs", serve)
+    server = await aiohttp_server(app)
+    return serve, str(server.make_url("/certs"))
+
+
+@pytest.fixture
+def fetcher() -> Iterator[ThreadPoolExecutor]:
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        yield executor
+
+
+async def test_expired_certs_are_used_within_the_grace_while_a_refresh_fails(
+    aiohttp_server: Any, issuer: Issuer, fetcher: ThreadPoolExecutor
+) -> None:
+    endpoint, url = await certs_server(aiohttp_server, issuer, max_age=0)
+    certs = GoogleCerts(url, fetcher, grace=60, min_lifetime=0.05)
+    assert await certs.get(KEY_ID) == issuer.certs
+    endpoint.failing = True
+    await asyncio.sleep(0.1)  # past their lifetime
+
+    # Answered at once from the expired set, with a refresh started behind it.
+    assert await certs.get(KEY_ID) == issuer.certs
+    await asyncio.sleep(0.1)
+    assert endpoint.fetches == 2
+
+    endpoint.failing = False
+    await asyncio.sleep(0.1)
+    assert await certs.get(KEY_ID) == issuer.certs
+    await asyncio.sleep(0.1)
+    assert endpoint.fetches == 3
+    certs.close()
+
+
+async def test_certs_past_the_grace_are_not_used_and_the_sign_in_is_503(
+    aiohttp_server: Any, issuer: Issuer, fetcher: ThreadPoolExecutor
+) -> None:
+    endpoint, url = await certs_server(aiohttp_server, issuer, max_age=0)
+    certs = GoogleCerts(url, fetcher, grace=0.05, min_lifetime=0.05)
+    assert await certs.get(KEY_ID) == issuer.certs
+    endpoint.failing = True
+    await asyncio.sleep(0.15)
+
+    with pytest.raises(ServiceUnavailable) as refused:
+        await certs.get(KEY_ID)
+
+    assert refused.value.code == "certs_unavailable"
+    certs.close()
+
+
+async def test_an_unknown_key_id_asks_google_again_at_most_once_per_min_lifetime(
+    aiohttp_server: Any, issuer: Issuer, fetcher: ThreadPoolExecutor
+) -> None:
+    endpoint, url = await certs_server(aiohttp_server, issuer, max_age=3600)
+    certs = GoogleCerts(url, fetcher, min_lifetime=0.2)
+    await certs.get(KEY_ID)
+
+    for _ in range(5):
+        assert KEY_ID in await certs.get("made-up")
+    assert endpoint.fetches == 1
+    await asyncio.sleep(0.25)
+    await certs.get("made-up")  # perhaps Google rotated: ask once more
+    assert endpoint.fetches == 2
+    certs.close()
+
+
+@pytest.mark.parametrize(
+    ("headers", "seconds"),
+    [
+        ({"Cache-Control": "public, max-age=3600, must-revalidate"}, 3600),
+        ({"Cache-Control": "max-age=3600", "Age": "600"}, 3000),
+        ({"Cache-Control": "no-cache"}, 0),
+        ({}, 0),
+        ({"Cache-Control": "max-age=99999999"}, 86400),
+        ({"Cache-Control": "max-age=60", "Age": "3600"}, 0),
+    ],
+)
+def test_the_certs_lifetime_is_their_max_age_less_their_age(
+    headers: dict[str, str], seconds: float
+) -> None:
+    assert certs_lifetime(headers) == seconds
 
 
 # -- what a failed login leaves behind --------------------------------------------------------
