@@ -59,13 +59,16 @@ def mint(key: Any, email: str, nonce: str) -> str:
 
 
 def mint_pairs(private_pem: bytes, emails: list[str], start: int, count: int) -> list[str]:
-    """`count` lines of "secret token" (a fresh nonce secret each); runs in a worker process."""
+    """`count` lines of "cookie token": a nonce cookie (name=secret, named as the service names
+    them: for when it was issued, now) and a token carrying its nonce; runs in a worker process.
+    """
     key = serialization.load_pem_private_key(private_pem, password=None)
     lines = []
     for index in range(start, start + count):
         secret = secrets.token_urlsafe(32)
         token = mint(key, emails[index % len(emails)], nonce_for(secret))
-        lines.append(f"{secret} {token}")
+        name = f"login_nonce_{int(time.time() * 1000):x}_{secrets.token_hex(3)}"
+        lines.append(f"{name}={secret} {token}")
     return lines
 
 

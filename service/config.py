@@ -90,8 +90,9 @@ class Config:
         return "__Host-session_id" if self.cookie_secure else "session_id"
 
     @property
-    def nonce_cookie_name(self) -> str:
-        return "__Host-login_nonce" if self.cookie_secure else "login_nonce"
+    def nonce_cookie_prefix(self) -> str:
+        """Each login nonce has a cookie of its own, named with this prefix (see nonces.py)."""
+        return "__Host-login_nonce_" if self.cookie_secure else "login_nonce_"
 
     @property
     def connections_per_worker(self) -> int:

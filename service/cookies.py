@@ -6,10 +6,12 @@ go through `_attributes`.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from aiohttp import web
 
+from service import nonces
 from service.config import Config
 from service.nonces import NONCE_COOKIE_LIFETIME
 
@@ -32,10 +34,22 @@ def delete_session_cookie(response: web.StreamResponse, config: Config) -> None:
 
 
 def set_nonce_cookie(response: web.StreamResponse, config: Config, secret: str) -> None:
-    response.set_cookie(
-        config.nonce_cookie_name, secret, max_age=NONCE_COOKIE_LIFETIME, **_attributes(config)
-    )
+    name = config.nonce_cookie_prefix + nonces.new_cookie_id(time.time())
+    response.set_cookie(name, secret, max_age=NONCE_COOKIE_LIFETIME, **_attributes(config))
 
 
-def delete_nonce_cookie(response: web.StreamResponse, config: Config) -> None:
-    response.del_cookie(config.nonce_cookie_name, **_attributes(config))
+def nonce_cookies(request: web.Request, config: Config) -> list[tuple[str, str]]:
+    """This browser's live nonce cookies, (name, secret), oldest first."""
+    now = time.time()
+    found = []
+    for name, secret in request.cookies.items():
+        if not name.startswith(config.nonce_cookie_prefix):
+            continue
+        issued = nonces.issued_at(name.removeprefix(config.nonce_cookie_prefix))
+        if issued is not None and 0 <= now - issued < NONCE_COOKIE_LIFETIME:
+            found.append((issued, name, secret))
+    return [(name, secret) for _, name, secret in sorted(found)]
+
+
+def delete_nonce_cookie(response: web.StreamResponse, config: Config, name: str) -> None:
+    response.del_cookie(name, **_attributes(config))

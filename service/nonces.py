@@ -1,4 +1,9 @@
-"""Login nonces: a secret in a cookie, its hash sent to Google, and the `spent_nonces` table."""
+"""Login nonces: a secret in a cookie, its hash sent to Google, and the `spent_nonces` table.
+
+Each nonce has a cookie of its own, named for when it was issued, so that two tabs on the login
+page each keep theirs (one cookie rewritten by both would lose one of them); a browser holds at
+most MAX_OUTSTANDING, each for NONCE_COOKIE_LIFETIME seconds and for one sign-in.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,23 @@ import secrets
 import asyncpg
 
 NONCE_COOKIE_LIFETIME = 600
+MAX_OUTSTANDING = 5
+
+
+def new_cookie_id(now: float) -> str:
+    """The part of a nonce cookie's name after its prefix: the issue time (ms, hex) and noise."""
+    return f"{int(now * 1000):x}_{secrets.token_hex(3)}"
+
+
+def issued_at(cookie_id: str) -> float | None:
+    """When the nonce of a cookie named with `cookie_id` was issued; None if it is not one."""
+    stamp, _, noise = cookie_id.partition("_")
+    if not (stamp.isascii() and stamp.isalnum() and noise) or len(stamp) > 16:
+        return None
+    try:
+        return int(stamp, 16) / 1000
+    except ValueError:
+        return None
 
 
 def generate_nonce_secret() -> str:

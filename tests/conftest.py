@@ -28,6 +28,7 @@ from service.config import Config, RateLimit
 from tests.issuer import CLIENT_ID, Issuer
 
 TABLES = "users, sessions, auth_events, spent_nonces, customers, login_rate"
+NONCE_PREFIX = "login_nonce_"  # with COOKIE_SECURE=false, as the tests run
 
 
 def with_database(url: str, name: str) -> str:
@@ -145,6 +146,17 @@ class Browser:
             if cookie.key == name:
                 return cookie.value
         return None
+
+    def nonce_cookies(self) -> dict[str, str]:
+        """The login-nonce cookies this browser holds (one per nonce), by name."""
+        return {c.key: c.value for c in self.session.cookie_jar if c.key.startswith(NONCE_PREFIX)}
+
+    def nonce_cookie(self) -> str:
+        """The newest nonce cookie as a Cookie header would carry it: `name=secret`."""
+        cookies = self.nonce_cookies()
+        assert cookies, "no nonce cookie"
+        name = max(cookies)  # named for when they were issued
+        return f"{name}={cookies[name]}"
 
     async def sign_in(self, issuer: Issuer, email: str = "someone@gmail.com", **claims: Any) -> Any:
         """The full browser flow: a nonce, a token from Google carrying it, then the login."""

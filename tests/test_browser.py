@@ -146,6 +146,25 @@ async def test_signed_out_customer_page_signs_in_and_comes_back(tabs: Tabs) -> N
     tabs.assert_no_console_errors()
 
 
+async def test_two_tabs_on_the_login_page_both_sign_in(tabs: Tabs) -> None:
+    """As after a session ends: every open tab lands on /login, each with its own nonce."""
+    first = await tabs.open()
+    await first.goto("/customer")
+    await first.wait_for_url(on_login("/customer"), timeout=TIMEOUT)
+    second = await first.context.new_page()
+    await second.goto("/account")
+    await second.wait_for_url(on_login("/account"), timeout=TIMEOUT)
+    for page in (first, second):
+        await expect(page.get_by_role("button", name="Sign in (dev login)")).to_be_enabled()
+
+    await sign_in(first, "user01@example.com")
+    await sign_in(second, "user01@example.com")
+
+    assert (path_of(first.url), path_of(second.url)) == ("/customer", "/account")
+    await expect(banner(second)).to_contain_text("Signed in as user01@example.com")
+    tabs.assert_no_console_errors()
+
+
 # -- 2. adding and deleting a customer ----------------------------------------------------------
 
 

@@ -284,7 +284,7 @@ def test_config_from_env_defaults() -> None:
     assert config.google_certs_url == GOOGLE_CERTS_URL
     assert config.cookie_secure is True
     assert config.session_cookie_name == "__Host-session_id"
-    assert config.nonce_cookie_name == "__Host-login_nonce"
+    assert config.nonce_cookie_prefix == "__Host-login_nonce_"
     assert config.session_idle_timeout == 1800
     assert config.session_absolute_timeout == 86400
     assert config.login_rate_limit == RateLimit(20, 60)
@@ -332,7 +332,7 @@ def test_config_from_env_parses_lists_flags_and_rates() -> None:
     assert config.database_url == "postgresql://u:p@db/service"
     assert config.cookie_secure is False
     assert config.session_cookie_name == "session_id"
-    assert config.nonce_cookie_name == "login_nonce"
+    assert config.nonce_cookie_prefix == "login_nonce_"
     assert config.admin_emails == frozenset({"boss@example.com", "ops@example.com"})
     assert config.allowed_domains == frozenset({"example.com"})
     assert config.allowed_origins == ("http://app.example.com", "https://admin.example.com")

@@ -22,6 +22,19 @@ from tests.issuer import Issuer
 # --- helpers -------------------------------------------------------------------------------
 
 
+def set_nonce_cookie_header(
+    response: aiohttp.ClientResponse, prefix: str
+) -> tuple[str, dict[str, str]]:
+    """The name of the one nonce cookie `response` sets, and its attributes (as below)."""
+    names = [
+        header.partition("=")[0]
+        for header in response.headers.getall("Set-Cookie", [])
+        if header.startswith(prefix)
+    ]
+    assert len(names) == 1, names
+    return names[0], set_cookie_header(response, names[0])
+
+
 def set_cookie_header(response: aiohttp.ClientResponse, name: str) -> dict[str, str]:
     """The attributes of the raw Set-Cookie header for `name` (lower-cased keys; flags map to "").
 
@@ -443,7 +456,7 @@ async def secure_sign_in(browser: Browser, issuer: Issuer, email: str) -> aiohtt
     """The login flow in secure mode, passing the __Host- nonce cookie back by hand."""
     nonce_response = await browser.post("/api/login/nonce")
     assert nonce_response.status == 200
-    nonce_cookie = set_cookie_header(nonce_response, "__Host-login_nonce")
+    name, nonce_cookie = set_nonce_cookie_header(nonce_response, "__Host-login_nonce_")
     assert "secure" in nonce_cookie
     assert "httponly" in nonce_cookie
     assert nonce_cookie["path"] == "/"
@@ -452,7 +465,7 @@ async def secure_sign_in(browser: Browser, issuer: Issuer, email: str) -> aiohtt
     return await browser.post(
         "/api/login",
         json={"credential": issuer.token(email=email, nonce=nonce)},
-        headers={"Cookie": f"__Host-login_nonce={nonce_cookie['value']}"},
+        headers={"Cookie": f"{name}={nonce_cookie['value']}"},
     )
 
 
@@ -501,13 +514,13 @@ async def test_secure_mode_refuses_the_plain_nonce_cookie_name(
     service = await start_service(cookie_secure=True)
     browser = service.browser()
     nonce_response = await browser.post("/api/login/nonce")
-    secret = set_cookie_header(nonce_response, "__Host-login_nonce")["value"]
+    name, cookie = set_nonce_cookie_header(nonce_response, "__Host-login_nonce_")
     nonce = (await nonce_response.json())["nonce"]
 
     login = await browser.post(
         "/api/login",
         json={"credential": issuer.token(email="a@gmail.com", nonce=nonce)},
-        headers={"Cookie": f"login_nonce={secret}"},
+        headers={"Cookie": f"{name.removeprefix('__Host-')}={cookie['value']}"},
     )
 
     await assert_error(login, 401, "invalid_nonce")

@@ -24,11 +24,11 @@ from aiohttp import ClientResponse, web
 
 from service.auth import GoogleCerts, ServiceUnavailable
 from service.auth import _lifetime as certs_lifetime
+from service.nonces import nonce_for
 from tests.conftest import Browser, Service
 from tests.issuer import KEY_ID, Issuer, signing_key
 
 SESSION_COOKIE = "session_id"
-NONCE_COOKIE = "login_nonce"
 # The service's allowance, in seconds, on exp, iat and nbf: tokens 2 s inside it are accepted
 # and 3 s outside it refused (the margins cover the test's own run time).
 SKEW = 10
@@ -245,17 +245,14 @@ async def test_replayed_token_with_its_captured_nonce_cookie_is_refused_with_non
 ) -> None:
     victim = service.browser()
     nonce = await victim.new_nonce()
-    secret = victim.cookie(NONCE_COOKIE)
-    assert secret
+    captured = victim.nonce_cookie()
     token = issuer.token(nonce=nonce)
     await assert_accepted(await post_credential(victim, token), "someone@gmail.com")
-    assert victim.cookie(NONCE_COOKIE) is None  # the login deleted it
+    assert victim.nonce_cookies() == {}  # the login deleted it
 
     # An attacker who captured the token and the nonce cookie replays both from elsewhere.
     attacker = service.browser("curl/8.0")
-    response = await post_credential(
-        attacker, token, headers={"Cookie": f"{NONCE_COOKIE}={secret}"}
-    )
+    response = await post_credential(attacker, token, headers={"Cookie": captured})
 
     await assert_refused(response, db, 401, "nonce_replayed", sessions=1)
     assert attacker.cookie(SESSION_COOKIE) is None
@@ -265,16 +262,68 @@ async def test_replay_in_the_same_browser_with_the_nonce_cookie_put_back_is_refu
     browser: Browser, issuer: Issuer, db: asyncpg.Pool
 ) -> None:
     nonce = await browser.new_nonce()
-    secret = browser.cookie(NONCE_COOKIE)
+    secret = browser.nonce_cookies()
     token = issuer.token(nonce=nonce)
     await assert_accepted(await post_credential(browser, token), "someone@gmail.com")
     first_session = browser.cookie(SESSION_COOKIE)
 
-    browser.session.cookie_jar.update_cookies({NONCE_COOKIE: secret})
+    browser.session.cookie_jar.update_cookies(secret)
     response = await post_credential(browser, token)
 
     await assert_refused(response, db, 401, "nonce_replayed", sessions=1)
     assert browser.cookie(SESSION_COOKIE) == first_session
+
+
+async def test_two_tabs_on_the_login_page_each_keep_their_nonce(
+    browser: Browser, issuer: Issuer, db: asyncpg.Pool
+) -> None:
+    first_tab = await browser.new_nonce()
+    second_tab = await browser.new_nonce()
+    assert len(browser.nonce_cookies()) == 2
+
+    for nonce in (first_tab, second_tab):
+        await assert_accepted(
+            await post_credential(browser, issuer.token(nonce=nonce)), "someone@gmail.com"
+        )
+    # Each was spent and its cookie deleted; the second sign-in ended the first session.
+    assert browser.nonce_cookies() == {}
+    assert await db.fetchval("SELECT count(*) FROM sessions") == 1
+    assert await db.fetchval("SELECT count(*) FROM spent_nonces") == 2
+
+
+async def test_a_browser_keeps_its_five_newest_nonces(browser: Browser, issuer: Issuer) -> None:
+    nonces = [await browser.new_nonce() for _ in range(7)]
+
+    assert len(browser.nonce_cookies()) == 5
+    for oldest in nonces[:2]:
+        response = await post_credential(browser, issuer.token(nonce=oldest))
+        assert (await response.json())["error"] == "invalid_nonce"
+    await assert_accepted(
+        await post_credential(browser, issuer.token(nonce=nonces[2])), "someone@gmail.com"
+    )
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        f"login_nonce_{int((time.time() - 601) * 1000):x}_abcdef",  # issued 10 minutes ago
+        f"login_nonce_{int((time.time() + 60) * 1000):x}_abcdef",  # from the future
+        "login_nonce_nothex_abcdef",
+        "login_nonce",  # the cookie of versions with a single nonce
+    ],
+)
+async def test_a_nonce_cookie_too_old_or_misnamed_is_not_accepted(
+    name: str, browser: Browser, issuer: Issuer, db: asyncpg.Pool
+) -> None:
+    secret = "s" * 43
+
+    response = await post_credential(
+        browser,
+        issuer.token(nonce=nonce_for(secret)),
+        headers={"Cookie": f"{name}={secret}"},
+    )
+
+    await assert_refused(response, db, 401, "invalid_nonce")
 
 
 async def test_concurrent_replays_of_one_token_sign_in_exactly_once(
@@ -282,7 +331,7 @@ async def test_concurrent_replays_of_one_token_sign_in_exactly_once(
 ) -> None:
     victim = service.browser()
     nonce = await victim.new_nonce()
-    cookie = {"Cookie": f"{NONCE_COOKIE}={victim.cookie(NONCE_COOKIE)}"}
+    cookie = {"Cookie": victim.nonce_cookie()}
     token = issuer.token(nonce=nonce)
     attackers = [service.browser(f"attacker/{i}") for i in range(5)]
 
@@ -660,7 +709,7 @@ async def test_a_certs_endpoint_that_never_answers_fails_every_waiting_sign_in_a
         browser = service.browser()
         nonce = await browser.new_nonce()
         credential = issuer.token(nonce=nonce)
-        cookie = f"login_nonce={browser.cookie('login_nonce')}"
+        cookie = browser.nonce_cookie()
         bodies.append((json.dumps({"credential": credential}).encode(), cookie))
 
     answers = await asyncio.gather(
@@ -795,7 +844,7 @@ async def failed_logins(service: Service, issuer: Issuer) -> list[tuple[str, str
     # A signed-in token, then its replay.
     victim = service.browser()
     nonce = await victim.new_nonce()
-    cookie = {"Cookie": f"{NONCE_COOKIE}={victim.cookie(NONCE_COOKIE)}"}
+    cookie = {"Cookie": victim.nonce_cookie()}
     token = issuer.token(nonce=nonce)
     assert (await post_credential(victim, token)).status == 200
     response = await post_credential(service.browser(), token, headers=cookie)

@@ -1,9 +1,9 @@
 -- POST /api/login with a fresh (nonce secret, ID token) pair per request, as a browser would:
--- the secret in the login_nonce cookie, the token (whose nonce claim is the secret's hash) in
+-- the secret in a login_nonce_* cookie, the token (whose nonce claim is the secret's hash) in
 -- the body, and the service's own Origin.
 --
 -- wrk <url> -s login.lua -- <pairs file> <threads> <origin>
--- The file has one "secret token" pair per line; thread i takes lines i, i+T, i+2T, ... so no
+-- The file has one "cookie token" pair per line (cookie: login_nonce_<id>=<secret>); thread i takes lines i, i+T, i+2T, ... so no
 -- pair is sent twice. A thread that runs out stops and reports it (the run is then invalid).
 
 local threads = {}
@@ -19,10 +19,10 @@ function init(args)
   local line_number = 0
   for line in io.lines(path) do
     if line_number % total == thread_index then
-      local secret, token = line:match("^(%S+)%s+(%S+)$")
+      local cookie, token = line:match("^(%S+)%s+(%S+)$")
       pending[#pending + 1] = wrk.format("POST", "/api/login", {
         ["Host"] = wrk.host,
-        ["Cookie"] = "login_nonce=" .. secret,
+        ["Cookie"] = cookie,
         ["Origin"] = origin,
         ["Content-Type"] = "application/json",
       }, '{"credential": "' .. token .. '"}')

@@ -11,6 +11,7 @@ from service.config import CONFIG, GOOGLE_CLIENT_SCRIPT_URL
 from service.cookies import (
     delete_nonce_cookie,
     delete_session_cookie,
+    nonce_cookies,
     set_nonce_cookie,
     set_session_cookie,
 )
@@ -39,9 +40,13 @@ async def get_config(request: web.Request) -> web.Response:
 @routes.post("/login/nonce")
 @public
 async def create_login_nonce(request: web.Request) -> web.Response:
+    config = request.config_dict[CONFIG]
     secret = nonces.generate_nonce_secret()
     response = web.json_response({"nonce": nonces.nonce_for(secret)})
-    set_nonce_cookie(response, request.config_dict[CONFIG], secret)
+    outstanding = nonce_cookies(request, config)
+    for name, _ in outstanding[: max(0, len(outstanding) - nonces.MAX_OUTSTANDING + 1)]:
+        delete_nonce_cookie(response, config, name)  # the oldest go
+    set_nonce_cookie(response, config, secret)
     return response
 
 
@@ -56,6 +61,7 @@ async def login(request: web.Request) -> web.Response:
         credential = await _read_credential(request)
         verified = await request.config_dict[VERIFIER].verify(credential)
         email = verified.identity.email
+        nonce_cookie = _nonce_cookie_of(request, verified)
         user, token = await _sign_in(request, verified)
     except ApiError as error:
         await audit.record_failed_login(pool, **client, error=error.code, email=email)
@@ -64,7 +70,7 @@ async def login(request: web.Request) -> web.Response:
     response = web.json_response({"user": user.public()})
     config = request.config_dict[CONFIG]
     set_session_cookie(response, config, token)
-    delete_nonce_cookie(response, config)
+    delete_nonce_cookie(response, config, nonce_cookie)
     return response
 
 
@@ -76,15 +82,20 @@ async def _read_credential(request: web.Request) -> str:
     return credential.strip()
 
 
+def _nonce_cookie_of(request: web.Request, verified: auth.VerifiedToken) -> str:
+    """The name of this browser's nonce cookie whose secret the token's nonce is the hash of."""
+    if verified.nonce is not None:
+        for name, secret in nonce_cookies(request, request.config_dict[CONFIG]):
+            if nonces.matches(secret, verified.nonce):
+                return name
+    raise Unauthorized("invalid_nonce", "The sign-in does not match this browser's login nonce.")
+
+
 async def _sign_in(request: web.Request, verified: auth.VerifiedToken) -> tuple[users.User, str]:
     config = request.config_dict[CONFIG]
     pool = request.config_dict[POOL]
     client = client_of(request)
-    secret = request.cookies.get(config.nonce_cookie_name)
-    if not secret or verified.nonce is None or not nonces.matches(secret, verified.nonce):
-        raise Unauthorized(
-            "invalid_nonce", "The sign-in does not match this browser's login nonce."
-        )
+    assert verified.nonce is not None  # matched to a cookie
     # Spent on its own, before anything can roll back, so a replay fails on every instance.
     if not await nonces.spend(pool, verified.nonce, until=verified.expires_at + CLOCK_SKEW):
         raise Unauthorized("nonce_replayed", "This sign-in token has already been used.")
