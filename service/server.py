@@ -9,10 +9,12 @@ the pools) and exits 0.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.worker import GunicornWebWorker
 from gunicorn.app.base import BaseApplication
 
@@ -23,6 +25,30 @@ from service.logs import logging_config
 # After the listener closes, how long a connection made just before has to send its request
 # before aiohttp's shutdown closes it as idle.
 GRACE_SECONDS = 0.5
+
+# aiohttp's server reports requests it cannot parse here, with a traceback.
+http_log = logging.getLogger("service.http")
+
+
+class MalformedRequests(logging.Filter):
+    """One warning line for a request aiohttp could not parse, instead of a traceback.
+
+    The parser's message quotes the bytes it choked on, which may be a Cookie header holding a
+    session token (a header over 8 KiB, say): those bytes are never logged.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError):
+            remote = record.args[0] if isinstance(record.args, tuple) and record.args else "-"
+            record.msg = "malformed request from %s: %s (%d)"
+            record.args = (remote, type(error).__name__, error.code)
+            record.exc_info = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+http_log.addFilter(MalformedRequests())
 
 
 class Runner(web.AppRunner):
@@ -80,7 +106,7 @@ class Worker(GunicornWebWorker):
             return Runner(
                 app,
                 self.sockets,
-                logger=self.log,
+                logger=http_log,
                 keepalive_timeout=self.cfg.keepalive,
                 access_log=None,
                 shutdown_timeout=self.cfg.graceful_timeout * 0.95,

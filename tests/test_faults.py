@@ -154,6 +154,13 @@ class Instance:
     base_url: str
     port: int
 
+    async def stop(self) -> str:
+        """SIGTERM; what the instance printed."""
+        if self.process.returncode is not None:
+            return ""
+        self.process.send_signal(signal.SIGTERM)
+        return (await self.process.communicate())[0].decode()
+
 
 @pytest.fixture
 async def instance(
@@ -169,14 +176,16 @@ async def instance(
         "WORKERS": "2",
         "LOGIN_RATE_LIMIT": "10000/minute",
     }
-    process = await start_instance(env, unused_tcp_port)
+    started = Instance(
+        await start_instance(env, unused_tcp_port),
+        f"http://127.0.0.1:{unused_tcp_port}",
+        unused_tcp_port,
+    )
     try:
         await wait_ready(unused_tcp_port)
-        yield Instance(process, f"http://127.0.0.1:{unused_tcp_port}", unused_tcp_port)
+        yield started
     finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            await process.communicate()
+        await started.stop()
 
 
 def workers_of(master: int) -> set[int]:
@@ -267,3 +276,22 @@ async def test_a_thousand_concurrent_connections_are_all_answered(
     answers = await asyncio.gather(*(one() for _ in range(1000)))
 
     assert Counter(answers) == {"HTTP/1.1 200 OK": 1000}
+
+
+async def test_a_request_too_malformed_to_parse_logs_one_line_and_never_its_bytes(
+    instance: Instance,
+) -> None:
+    token = "T0ken" + "x" * 38
+    reader, writer = await asyncio.open_connection("127.0.0.1", instance.port)
+    # A browser with many cookies: the session's first, the line over aiohttp's 8 KiB limit.
+    cookie = f"session_id={token}; other={'a' * 9000}"
+    writer.write(f"GET /api/user HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\n\r\n".encode())
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+
+    output = await instance.stop()
+
+    assert answer.startswith(b"HTTP/1.0 400 "), answer[:100]
+    assert token not in output
+    assert "Traceback" not in output
+    assert "malformed request from 127.0.0.1: LineTooLong (400)" in output, output[-2000:]
