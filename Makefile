@@ -45,7 +45,7 @@ test: lint $(CHROMIUM)
 	$(BIN)/pytest
 
 clean:
-	rm -rf $(VENV) .data .mypy_cache .ruff_cache .pytest_cache .schemathesis test-artifacts \
+	rm -rf $(VENV) .data .mypy_cache .ruff_cache .pytest_cache .schemathesis .hypothesis test-artifacts \
 		frontend/node_modules frontend/build frontend/.svelte-kit
 
 # make bench: load-tests the production server (gunicorn, WORKERS) with wrk against the machine's
