@@ -22,10 +22,14 @@ $(FRONTEND): $(FRONTEND_SOURCES)
 	cd frontend && npm ci --no-audit --no-fund && npm run build
 	touch $@
 
-# The browser tests drive Debian's Chromium (Playwright never downloads a browser here).
+# The browser tests drive Debian's Chromium (Playwright never downloads a browser here); the
+# PgBouncer tests run Debian's pgbouncer in front of the test database.
 CHROMIUM := /usr/bin/chromium
+PGBOUNCER := /usr/sbin/pgbouncer
 $(CHROMIUM):
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+$(PGBOUNCER):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer
 
 install: $(INSTALLED) $(FRONTEND)
 
@@ -40,7 +44,7 @@ lint: $(INSTALLED) $(FRONTEND)
 	$(BIN)/mypy
 	cd frontend && npm run --silent check
 
-test: lint $(CHROMIUM)
+test: lint $(CHROMIUM) $(PGBOUNCER)
 	cd frontend && npm test --silent
 	$(BIN)/pytest
 
