@@ -118,10 +118,21 @@ class SessionCache:
         )
         self._by_user.setdefault(check.current.user.id, set()).add(token_hash)
 
+    @property
+    def size(self) -> tuple[int, int]:
+        """How many sessions, and how many users' sessions, this worker holds."""
+        return len(self._entries), len(self._by_user)
+
     def _drop(self, token_hash: bytes) -> None:
         entry = self._entries.pop(token_hash, None)
-        if entry is not None:
-            self._by_user.get(entry.current.user.id, set()).discard(token_hash)
+        if entry is None:
+            return
+        user_id = entry.current.user.id
+        tokens = self._by_user.get(user_id)
+        if tokens is not None:
+            tokens.discard(token_hash)
+            if not tokens:  # a user whose last session went leaves no trace
+                del self._by_user[user_id]
 
     def _clear(self) -> None:
         self._entries.clear()

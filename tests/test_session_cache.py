@@ -4,13 +4,16 @@ within 50 ms of its commit, acts on the worker's own changes at once, and fails 
 from __future__ import annotations
 
 import asyncio
+import secrets
 import statistics
 from typing import Any
 
 import asyncpg
 import pytest
 
-from tests.conftest import Browser, Service
+from service.session_cache import SessionCache
+from service.sessions import hash_token
+from tests.conftest import Browser, Service, service_config
 from tests.issuer import Issuer
 
 BOUND = 0.050  # seconds from a commit to the first refusal
@@ -140,3 +143,25 @@ async def test_the_cache_is_trusted_again_once_the_listener_is_back(
     await db.execute("UPDATE sessions SET last_seen_at = now() - interval '1 day'")
 
     assert (await browser.get("/api/user")).status == 200  # from memory again
+
+
+async def test_the_cache_forgets_a_user_whose_last_session_went(
+    db: asyncpg.Pool, database_url: str, issuer: Issuer
+) -> None:
+    cache = SessionCache(db, database_url, service_config(database_url, issuer.certs_url, 8080))
+    cache.healthy = True  # as if its listener had just proven it hears every change
+    user = await db.fetchval("INSERT INTO users (email) VALUES ('u@gmail.com') RETURNING id")
+    tokens = [secrets.token_urlsafe(32) for _ in range(2)]
+    for token in tokens:
+        await db.execute(
+            "INSERT INTO sessions (token_hash, user_id, expires_at)"
+            " VALUES ($1, $2, now() + interval '1 day')",
+            hash_token(token),
+            user,
+        )
+        assert await cache.lookup(token) is not None
+    assert cache.size == (2, 1)
+
+    for token, left in zip(tokens, [(1, 1), (0, 0)], strict=True):
+        cache._on_notification(None, 0, "session_changes", "s:" + hash_token(token).hex())
+        assert cache.size == left
