@@ -96,7 +96,7 @@ class Config:
 
     @property
     def connections_per_worker(self) -> int:
-        """Postgres connections one worker may hold: its pool, and the session cache's listener."""
+        """Postgres connections one worker may hold: its pool, and the session cache's own."""
         return self.db_pool_size + (1 if self.session_cache else 0)
 
     @property

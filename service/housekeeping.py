@@ -1,6 +1,7 @@
 """Housekeeping: a background task that deletes rows that have outlived their use.
 
-Dead sessions, spent nonces, whole rate budgets and auth events past AUDIT_RETENTION_DAYS.
+Dead sessions, spent nonces, whole rate budgets, old session changes and auth events past
+AUDIT_RETENTION_DAYS.
 Requests never rely on it: expiry is decided when a session is looked up.
 """
 
@@ -14,7 +15,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 from aiohttp import web
 
-from service import audit, nonces, ratelimit, sessions
+from service import audit, nonces, ratelimit, session_cache, sessions
 from service.config import CONFIG, Config
 from service.db import DATABASE_UNAVAILABLE, POOL
 
@@ -29,6 +30,7 @@ async def purge_forever(pool: asyncpg.Pool, config: Config, *, every: float) -> 
             purged = await sessions.purge_expired(pool, idle_timeout=config.session_idle_timeout)
             await nonces.purge_spent(pool)
             await ratelimit.purge_expired(pool)
+            await session_cache.purge_changes(pool)
             if config.audit_retention_days:
                 events = await audit.purge_older_than(pool, config.audit_retention_days)
                 if events:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
@@ -51,6 +51,7 @@ class RequestLog:
     """What the access line reports that only inner layers learn (they see a cloned request)."""
 
     user_id: int | None = None
+    arrived_at: float = field(default_factory=time.monotonic)
 
 
 REQUEST_LOG = web.RequestKey("request_log", RequestLog)
@@ -144,12 +145,14 @@ def _is_same_site(request: web.Request) -> bool:
 
 @web.middleware
 async def session(request: web.Request, handler: Handler) -> web.StreamResponse:
-    response = await _with_session(request, handler)
-    if request.method in UNSAFE_METHODS:
-        # This worker's cache has heard the change this request made (a logout, a revocation)
-        # before the client can send its next request.
-        await request.config_dict[SESSION_CACHE].catch_up()
-    return response
+    try:
+        return await _with_session(request, handler)
+    finally:
+        config = request.config_dict[CONFIG]
+        if request.method in UNSAFE_METHODS and config.session_cookie_name in request.cookies:
+            # It may have changed sessions (a logout, a revocation, a sign-in replacing one):
+            # this worker's next answer from memory waits until it has read that change.
+            request.config_dict[SESSION_CACHE].changed()
 
 
 async def _with_session(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -163,7 +166,9 @@ async def _with_session(request: web.Request, handler: Handler) -> web.StreamRes
         return await handler(request)
     config = request.config_dict[CONFIG]
     token = request.cookies.get(config.session_cookie_name)
-    current = await request.config_dict[SESSION_CACHE].lookup(token) if token else None
+    cache = request.config_dict[SESSION_CACHE]
+    arrived_at = request[REQUEST_LOG].arrived_at
+    current = await cache.lookup(token, arrived_at=arrived_at) if token else None
     if current is None:
         message = "Your session has ended; sign in again." if token else "Sign in to continue."
         raise Unauthorized("not_signed_in", message)

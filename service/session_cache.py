@@ -1,27 +1,37 @@
-"""Session cache: sessions this worker validated, kept until Postgres says they changed.
+"""Session cache: sessions this worker validated, answered from memory once it has proven that it
+has read every change to them.
 
-Triggers on `sessions` and `users` NOTIFY the `session_changes` channel (see migration 0003)
-whenever a session is deleted or changed or a user is changed, whoever made the change: this
-service, the CLI or plain SQL. Each worker LISTENs on a connection of its own and drops what a
-notification names.
+Triggers on `sessions` and `users` append every change, whoever makes it (this service, the
+CLI, plain SQL), to the `session_changes` log, in the transaction that makes it (migration
+0006). A session check is answered from memory only after the worker read that log in a pass
+that started at most FRESH_FOR before the request arrived, or, after this worker made a change
+itself, after that change. Any change committed before a pass started is in that pass, so a
+revocation by plain SQL is refused by every worker within FRESH_FOR of its commit, and one made
+through this worker at its very next request: a bound by causality, not by timers, and one
+that a busy event loop only delays, never turns off.
 
-It fails closed. Every HEARTBEAT_EVERY the worker sends itself a notification through
-Postgres; once it comes back, every change committed before it was sent has been heard, since
-Postgres delivers notifications in commit order. A lookup answers from memory only while such a
-proof is at most FRESH_FOR old, so a change is acted on within FRESH_FOR of its commit even if
-the listener dies silently. While the listener is down, reconnecting or behind, every lookup
-goes to the database, and the cache is emptied before it is trusted again. An entry lives at
-most MAX_AGE seconds and never past its session's absolute or idle expiry.
+Passes are read on demand, on a connection of the cache's own (never queued behind requests in
+the pool), and shared by every request waiting for one: an idle worker reads nothing, a busy one
+at most one pass per FRESH_FOR. A pass is one read-only SELECT: no transaction id, no LISTEN, so
+it works through PgBouncer in transaction mode.
+
+Which rows a pass reads: sequence values can commit out of order, so a pass asks for the rows of
+every transaction at or after the xmin of the previous pass's snapshot (every transaction before
+it had ended, and its rows were visible to that pass). Rows may be read twice; dropping twice is
+harmless.
+
+It fails closed. A pass that fails or takes longer than PASS_TIMEOUT empties the cache; the
+request is answered from Postgres, and the connection is made again at a later request. An entry
+lives at most MAX_AGE seconds and never past its session's absolute or idle expiry.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
+import math
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -30,23 +40,31 @@ from aiohttp import web
 
 from service import sessions
 from service.config import CONFIG, Config
-from service.db import DATABASE_UNAVAILABLE, POOL
+from service.db import CONNECT_TIMEOUT, DATABASE_UNAVAILABLE, POOL
 from service.sessions import CurrentSession
 
 log = logging.getLogger(__name__)
 
-CHANNEL = "session_changes"
-HEARTBEAT_EVERY = 0.02
-FRESH_FOR = 0.045  # with a heartbeat's own round trip, under the 50 ms promised for revocation
-HEARTBEAT_TIMEOUT = 1.0
-RECONNECT_DELAY = 1.0
-MAX_AGE = 60.0
+FRESH_FOR = 0.040  # with a request's own round trip, within the 50 ms promised for revocation
+PASS_TIMEOUT = 1.0
+RECONNECT_AFTER = 1.0  # after a failed pass, requests go to Postgres this long before a retry
+MAX_AGE = 60.0  # less than CHANGES_KEPT: an entry never outlives the news of its changes
+CHANGES_KEPT = 300  # seconds the change log keeps a row
 MAX_ENTRIES = 100_000
 SWEEP_EVERY = 10.0
+APPLICATION_NAME = "session-cache"
 
-
-class ListenerLost(Exception):
-    """The listener stopped hearing Postgres in time."""
+# One snapshot for the horizon and the rows: the rows of every transaction not known to have
+# ended at the previous pass. The first pass after connecting reads none ($1 is NULL): the
+# cache is empty then.
+_READ_CHANGES = """
+SELECT pg_snapshot_xmin(pg_current_snapshot()) AS horizon,
+       array(SELECT token_hash FROM session_changes
+             WHERE xid >= $1 AND token_hash IS NOT NULL) AS tokens,
+       array(SELECT user_id FROM session_changes WHERE xid >= $1 AND user_id IS NOT NULL) AS users,
+       EXISTS (SELECT FROM session_changes
+               WHERE xid >= $1 AND token_hash IS NULL AND user_id IS NULL) AS everything
+"""
 
 
 @dataclass
@@ -61,36 +79,47 @@ class _Entry:
 
 
 class SessionCache:
-    def __init__(self, pool: asyncpg.Pool, dsn: str, config: Config) -> None:
+    def __init__(self, pool: asyncpg.Pool, config: Config) -> None:
+        assert config.database_url is not None
+        self.enabled = config.session_cache
         self._pool = pool
-        self._dsn = dsn
+        self._dsn = config.database_url
+        self._statement_cache_size = config.db_statement_cache_size
         self._idle_timeout = float(config.session_idle_timeout)
         self._touch_interval = config.touch_interval
         self._entries: dict[bytes, _Entry] = {}
         self._by_user: dict[int, set[bytes]] = {}
-        self._pings: dict[str, asyncio.Future[None]] = {}
-        # Heartbeats go on a channel of this worker's own, so no other listener hears them;
-        # Postgres keeps commit order across channels, which is what a heartbeat relies on.
-        self._ping_channel = f"session_cache_{uuid.uuid4().hex}"
-        self._ping_numbers = itertools.count()
-        # Bumped by every change heard and every reconnect: a lookup that started before one
-        # of those may have read what it dropped, so its result is not kept.
-        self._version = 0
-        self.healthy = False
-        self._heard_at = -FRESH_FOR  # when the newest heartbeat that came back was sent
+        self._conn: asyncpg.Connection | None = None
+        self._horizon: int | None = None  # the previous pass's snapshot xmin
+        self._pass: asyncio.Task[bool] | None = None
+        self._proven_at = -math.inf  # when the newest completed pass started
+        self._changed_at = -math.inf  # when this worker last answered a request that changed one
+        self._retry_at = -math.inf
         self._swept_at = 0.0
+        # Bumped by every change read and every reset: a lookup that started before one may
+        # have read what it dropped, so its result is not kept.
+        self._version = 0
 
-    async def lookup(self, token: str) -> CurrentSession | None:
-        """The live session for `token`, from memory when that is safe, else from Postgres."""
+    @property
+    def size(self) -> tuple[int, int]:
+        """How many sessions, and how many users' sessions, this worker holds."""
+        return len(self._entries), len(self._by_user)
+
+    async def lookup(self, token: str, *, arrived_at: float) -> CurrentSession | None:
+        """The live session for `token`: from memory when that is proven safe, else Postgres."""
         token_hash = sessions.hash_token(token)
+        if token_hash in self._entries and await self._prove(arrived_at - FRESH_FOR):
+            entry = self._entries.get(token_hash)  # unless the pass just dropped it
+            now = time.monotonic()
+            if entry is not None and now < entry.valid_until(self._idle_timeout):
+                if now - entry.touched_at >= self._touch_interval:
+                    await sessions.touch(self._pool, entry.current.session.id)
+                    entry.touched_at = now
+                return entry.current
+        if self._horizon is None:
+            self.start()  # so that later lookups can keep what they read
+        version, following = self._version, self._horizon is not None
         now = time.monotonic()
-        entry = self._entries.get(token_hash) if self._fresh(now) else None
-        if entry is not None and now < entry.valid_until(self._idle_timeout):
-            if now - entry.touched_at >= self._touch_interval:
-                await sessions.touch(self._pool, entry.current.session.id)
-                entry.touched_at = now
-            return entry.current
-        version, healthy = self._version, self.healthy
         check = await sessions.validate_session_token(
             self._pool,
             token_hash,
@@ -100,12 +129,88 @@ class SessionCache:
         self._drop(token_hash)
         if check is None:
             return None
-        if healthy and self.healthy and version == self._version:
+        # Kept only if every change committed after the read will be in a later pass.
+        if following and version == self._version and self._horizon is not None:
             self._keep(token_hash, check, now)
         return check.current
 
-    def _fresh(self, now: float) -> bool:
-        return self.healthy and now - self._heard_at <= FRESH_FOR
+    def changed(self) -> None:
+        """This worker answered a request that changed sessions or users: the next answer from
+        memory waits for a pass that started after it, so this worker never contradicts itself."""
+        self._changed_at = time.monotonic()
+
+    async def _prove(self, since: float) -> bool:
+        """Whether a pass that started at `since` or later has been read (reading one if not)."""
+        since = max(since, self._changed_at)
+        while self._proven_at < since:
+            task = self.start()
+            # Shielded: a request whose client left does not cancel everyone's pass.
+            if task is None or not await asyncio.shield(task):
+                return False
+        return True
+
+    def start(self) -> asyncio.Task[bool] | None:
+        """The pass in flight, or a new one; None while the cache is off or resting.
+
+        At startup it sets the horizon, so that the first lookups can be kept.
+        """
+        if not self.enabled or time.monotonic() < self._retry_at:
+            return None
+        if self._pass is None:
+            self._pass = asyncio.create_task(self._read_changes())
+        return self._pass
+
+    async def _read_changes(self) -> bool:
+        try:
+            async with asyncio.timeout(PASS_TIMEOUT):
+                conn = await self._connection()
+                started = time.monotonic()
+                row = await conn.fetchrow(_READ_CHANGES, self._horizon)
+        except (*DATABASE_UNAVAILABLE, asyncpg.PostgresError) as error:
+            self._reset(f"reading changes failed: {type(error).__name__}")
+            self._retry_at = time.monotonic() + RECONNECT_AFTER
+            return False
+        finally:
+            self._pass = None
+        assert row is not None
+        if row["everything"]:
+            self._clear()
+        elif row["tokens"] or row["users"]:
+            self._version += 1
+            for token_hash in row["tokens"]:
+                self._drop(token_hash)
+            for user_id in row["users"]:
+                for token_hash in self._by_user.pop(user_id, set()):
+                    self._entries.pop(token_hash, None)
+        self._horizon = row["horizon"]
+        self._proven_at = max(self._proven_at, started)
+        self._sweep()
+        return True
+
+    async def _connection(self) -> asyncpg.Connection:
+        if self._conn is None or self._conn.is_closed():
+            self._reset("")
+            self._conn = await asyncpg.connect(
+                self._dsn,
+                timeout=CONNECT_TIMEOUT,
+                statement_cache_size=self._statement_cache_size,
+                # So that an operator can tell it from the pool's in pg_stat_activity.
+                server_settings={"application_name": APPLICATION_NAME},
+            )
+        return self._conn
+
+    def _reset(self, why: str) -> None:
+        """Forget everything, the connection included: the next pass starts afresh."""
+        if why and self._entries:
+            log.warning("session cache emptied: %s", why)
+        elif why:
+            log.warning("session cache: %s", why)
+        if self._conn is not None:
+            self._conn.terminate()
+            self._conn = None
+        self._horizon = None
+        self._proven_at = -math.inf
+        self._clear()
 
     def _keep(self, token_hash: bytes, check: sessions.SessionCheck, now: float) -> None:
         if len(self._entries) >= MAX_ENTRIES:
@@ -117,11 +222,6 @@ class SessionCache:
             touched_at=now - check.last_seen_age,
         )
         self._by_user.setdefault(check.current.user.id, set()).add(token_hash)
-
-    @property
-    def size(self) -> tuple[int, int]:
-        """How many sessions, and how many users' sessions, this worker holds."""
-        return len(self._entries), len(self._by_user)
 
     def _drop(self, token_hash: bytes) -> None:
         entry = self._entries.pop(token_hash, None)
@@ -139,87 +239,6 @@ class SessionCache:
         self._by_user.clear()
         self._version += 1
 
-    def _on_ping(self, conn: object, pid: int, channel: str, payload: str) -> None:
-        future = self._pings.pop(payload, None)
-        if future is not None and not future.done():
-            future.set_result(None)
-
-    def _on_notification(self, conn: object, pid: int, channel: str, payload: str) -> None:
-        kind, _, rest = payload.partition(":")
-        self._version += 1
-        try:
-            if kind == "s":
-                for token_hash in [bytes.fromhex(part) for part in rest.split(",")]:
-                    self._drop(token_hash)
-            elif kind == "u":
-                for token_hash in self._by_user.pop(int(rest), set()):
-                    self._entries.pop(token_hash, None)
-            else:  # "flush", or anything this version does not know
-                self._clear()
-        except ValueError:  # a payload no trigger of ours sends: forget everything
-            self._clear()
-
-    def _on_termination(self, conn: object) -> None:
-        self._lose("the listening connection closed")
-
-    def _lose(self, why: str) -> None:
-        if self.healthy:
-            log.warning("session cache off until the listener is back: %s", why)
-        self.healthy = False
-        self._clear()
-
-    async def catch_up(self) -> None:
-        """Return once this worker has heard every change committed before the call."""
-        if self.healthy:
-            try:
-                await self._ping()
-            except (*DATABASE_UNAVAILABLE, asyncpg.PostgresError, ListenerLost) as error:
-                self._lose(type(error).__name__)
-
-    async def _ping(self) -> None:
-        # Postgres delivers notifications in commit order, so once this one is back, every
-        # change committed before it has been heard.
-        name = str(next(self._ping_numbers))
-        future = self._pings[name] = asyncio.get_running_loop().create_future()
-        sent = time.monotonic()
-        try:
-            await self._pool.execute("SELECT pg_notify($1, $2)", self._ping_channel, name)
-            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
-            # that arrives as the future completes, and the listener would never stop.
-            async with asyncio.timeout(HEARTBEAT_TIMEOUT):
-                await future
-            self._heard_at = max(self._heard_at, sent)
-        except TimeoutError:
-            raise ListenerLost("a heartbeat did not come back in time") from None
-        finally:
-            self._pings.pop(name, None)
-
-    async def listen_forever(self) -> None:
-        while True:
-            conn: asyncpg.Connection | None = None
-            try:
-                conn = await asyncpg.connect(self._dsn, timeout=5)
-                conn.add_termination_listener(self._on_termination)
-                await conn.add_listener(CHANNEL, self._on_notification)
-                await conn.add_listener(self._ping_channel, self._on_ping)
-                await self._ping()  # heard from: the subscription works
-                self._clear()
-                self.healthy = True
-                while not conn.is_closed():
-                    await asyncio.sleep(HEARTBEAT_EVERY)
-                    await self._ping()
-                    self._sweep()
-            except asyncio.CancelledError:
-                self.healthy = False  # shutting down: nothing to warn about
-                raise
-            except (*DATABASE_UNAVAILABLE, asyncpg.PostgresError, ListenerLost) as error:
-                self._lose(type(error).__name__)
-            finally:
-                self._lose("reconnecting")
-                if conn is not None:
-                    conn.terminate()
-            await asyncio.sleep(RECONNECT_DELAY)
-
     def _sweep(self) -> None:
         """Now and then, forget entries past their time (lookups skip them anyway)."""
         now = time.monotonic()
@@ -230,19 +249,30 @@ class SessionCache:
             if now >= entry.valid_until(self._idle_timeout):
                 self._drop(token_hash)
 
+    async def close(self) -> None:
+        if self._pass is not None:
+            self._pass.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pass
+        if self._conn is not None:
+            with contextlib.suppress(*DATABASE_UNAVAILABLE, asyncpg.PostgresError):
+                async with asyncio.timeout(1):
+                    await self._conn.close()
+            self._conn = None
+
+
+async def purge_changes(pool: asyncpg.Pool) -> None:
+    """Forget changes older than any cache entry can be (the log is only news)."""
+    await pool.execute(
+        "DELETE FROM session_changes WHERE at < now() - make_interval(secs => $1)", CHANGES_KEPT
+    )
+
 
 SESSION_CACHE = web.AppKey("session_cache", SessionCache)
 
 
 async def session_cache_ctx(app: web.Application) -> AsyncIterator[None]:
-    config = app[CONFIG]
-    assert config.database_url is not None
-    cache = app[SESSION_CACHE] = SessionCache(app[POOL], config.database_url, config)
-    if not config.session_cache:
-        yield  # never healthy: every lookup goes to the database
-        return
-    task = asyncio.create_task(cache.listen_forever())
+    cache = app[SESSION_CACHE] = SessionCache(app[POOL], app[CONFIG])
+    cache.start()
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await cache.close()

@@ -27,7 +27,7 @@ from service.app import create_app
 from service.config import Config, RateLimit
 from tests.issuer import CLIENT_ID, Issuer
 
-TABLES = "users, sessions, auth_events, spent_nonces, customers, login_rate"
+TABLES = "users, sessions, auth_events, spent_nonces, customers, login_rate, session_changes"
 NONCE_PREFIX = "login_nonce_"  # with COOKIE_SECURE=false, as the tests run
 
 

@@ -1,5 +1,6 @@
-"""Behind PgBouncer in transaction mode (Debian's pgbouncer, started by the test): sign-in and
-session checks work, and the statement and acquire timeouts still bound every request."""
+"""Behind PgBouncer in transaction mode (Debian's pgbouncer, started by the test): sign-in,
+session checks and the session cache work, and the statement and acquire timeouts still bound
+every request."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 import asyncpg
 import pytest
 
+from service.session_cache import FRESH_FOR
 from tests.issuer import Issuer
 from tests.test_database_faults import wait_until_waiting_for_a_lock
 
@@ -156,3 +158,26 @@ async def test_the_acquire_timeout_bounds_waiting_for_a_connection_through_pgbou
     assert (check.status, (await check.json())["error"]) == (503, "database_timeout")
     assert waited < 5
     assert (await logout).status == 204
+
+
+async def test_the_session_cache_works_through_pgbouncer(
+    pgbouncer: str, start_service: Any, issuer: Issuer, db: asyncpg.Pool
+) -> None:
+    service = await start_behind(start_service, pgbouncer, session_cache=True)
+    ada, bob = service.browser(), service.browser()
+    await ada.sign_in(issuer, email="ada@gmail.com")
+    await bob.sign_in(issuer, email="bob@gmail.com")
+    for browser in (ada, bob):
+        assert (await browser.get("/api/user")).status == 200
+
+    # Only Postgres says both are idle now: answers from memory say otherwise.
+    await db.execute("UPDATE sessions SET last_seen_at = now() - interval '1 day'")
+    assert (await ada.get("/api/user")).status == 200
+    # A revocation by SQL is read through PgBouncer like any other change.
+    await db.execute(
+        "DELETE FROM sessions WHERE user_id = (SELECT id FROM users WHERE email = $1)",
+        "bob@gmail.com",
+    )
+    await asyncio.sleep(FRESH_FOR * 1.2)
+    assert (await bob.get("/api/user")).status == 401
+    assert (await ada.get("/api/user")).status == 200
