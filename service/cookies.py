@@ -46,7 +46,7 @@ def nonce_cookies(request: web.Request, config: Config) -> list[tuple[str, str]]
         if not name.startswith(config.nonce_cookie_prefix):
             continue
         issued = nonces.issued_at(name.removeprefix(config.nonce_cookie_prefix))
-        if issued is not None and 0 <= now - issued < NONCE_COOKIE_LIFETIME:
+        if issued is not None and -nonces.CLOCK_SKEW <= now - issued < NONCE_COOKIE_LIFETIME:
             found.append((issued, name, secret))
     return [(name, secret) for _, name, secret in sorted(found)]
 

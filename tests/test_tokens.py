@@ -309,13 +309,15 @@ async def test_a_browser_keeps_its_five_newest_nonces(browser: Browser, issuer: 
         "login_nonce_{601 seconds ago}_abcdef",  # past its 10 minutes
         "login_nonce_{60 seconds ahead}_abcdef",
         "login_nonce_nothex_abcdef",
+        "login_nonce_{now}_abc/ef",  # a name no response could delete
+        "login_nonce_{now}_ABCDEF",
         "login_nonce",  # the cookie of versions with a single nonce
     ],
 )
 async def test_a_nonce_cookie_too_old_or_misnamed_is_not_accepted(
     name: str, browser: Browser, issuer: Issuer, db: asyncpg.Pool
 ) -> None:
-    issued = {"{601 seconds ago}": -601, "{60 seconds ahead}": 60}
+    issued = {"{601 seconds ago}": -601, "{60 seconds ahead}": 60, "{now}": 0}
     for placeholder, offset in issued.items():
         name = name.replace(placeholder, f"{int((time.time() + offset) * 1000):x}")
     secret = "s" * 43
@@ -327,6 +329,37 @@ async def test_a_nonce_cookie_too_old_or_misnamed_is_not_accepted(
     )
 
     await assert_refused(response, db, 401, "invalid_nonce")
+
+
+async def test_cookies_named_like_nonces_but_not_ours_are_ignored_not_a_500(
+    browser: Browser, issuer: Issuer, db: asyncpg.Pool
+) -> None:
+    stamp = f"{int(time.time() * 1000):x}"
+    planted = "; ".join(f"login_nonce_{stamp}_a/b{i}=x" for i in range(6))
+
+    nonce = await browser.post("/api/login/nonce", headers={"Cookie": planted})
+    assert nonce.status == 200, await nonce.text()
+    secret = "s" * 43
+    login = await post_credential(
+        browser,
+        issuer.token(nonce=nonce_for(secret)),
+        headers={"Cookie": f"{planted}; login_nonce_{stamp}_a/b={secret}"},
+    )
+
+    await assert_refused(login, db, 401, "invalid_nonce")
+
+
+async def test_a_nonce_issued_by_an_instance_whose_clock_runs_a_little_ahead_is_accepted(
+    browser: Browser, issuer: Issuer
+) -> None:
+    secret = "s" * 43
+    name = f"login_nonce_{int((time.time() + 20) * 1000):x}_abcdef"
+
+    response = await post_credential(
+        browser, issuer.token(nonce=nonce_for(secret)), headers={"Cookie": f"{name}={secret}"}
+    )
+
+    await assert_accepted(response, "someone@gmail.com")
 
 
 async def test_concurrent_replays_of_one_token_sign_in_exactly_once(
