@@ -15,44 +15,67 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 from aiohttp.worker import GunicornWebWorker
 from gunicorn.app.base import BaseApplication
 
 from service.app import create_app
 from service.config import Config
+from service.errors import error_response
 from service.logs import logging_config
 
 # After the listener closes, how long a connection made just before has to send its request
 # before aiohttp's shutdown closes it as idle.
 GRACE_SECONDS = 0.5
 
-# aiohttp's server reports requests it cannot parse here, with a traceback.
 http_log = logging.getLogger("service.http")
 
 
-class MalformedRequests(logging.Filter):
-    """One warning line for a request aiohttp could not parse, instead of a traceback.
+class Protocol(RequestHandler):
+    """aiohttp's connection handler, answering a request it cannot parse as the API answers
+    errors: a JSON error with a fixed message, logged in one line.
 
-    The parser's message quotes the bytes it choked on, which may be a Cookie header holding a
-    session token (a header over 8 KiB, say): those bytes are never logged.
+    aiohttp's own answer is plain text quoting the bytes its parser choked on, and logs them
+    with a traceback; those bytes may be a Cookie header holding a session token (one over
+    8 KiB, say, which a page's script can cause by setting many cookies), so neither the
+    answer nor the log repeats them.
     """
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        error = record.exc_info[1] if record.exc_info else None
-        if isinstance(error, HttpProcessingError):
-            remote = record.args[0] if isinstance(record.args, tuple) and record.args else "-"
-            record.msg = "malformed request from %s: %s (%d)"
-            record.args = (remote, type(error).__name__, error.code)
-            record.exc_info = None
-            record.levelno, record.levelname = logging.WARNING, "WARNING"
-        return True
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if isinstance(exc, HttpProcessingError):
+            http_log.warning(
+                "malformed request from %s: %s (%d)", request.remote, type(exc).__name__, status
+            )
+            code, text = "bad_request", "The request is not valid HTTP."
+        else:
+            http_log.error("error handling a request from %s", request.remote, exc_info=exc)
+            code, text = "internal_error", "Something went wrong on our side."
+        if request.writer.output_size > 0:  # part of an answer is out: the connection is lost
+            raise ConnectionError("a response was already being sent")
+        response = error_response(
+            status, code, text, {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
+        )
+        response.force_close()
+        return response
 
 
-http_log.addFilter(MalformedRequests())
+class ProtocolServer(web.Server):
+    """aiohttp's low-level server, making `Protocol`s."""
+
+    def __call__(self) -> RequestHandler:
+        return Protocol(self, loop=self._loop, **self._kwargs)
 
 
 class Runner(web.AppRunner):
-    """Stops like AppRunner, without dropping a connection the kernel has already completed.
+    """AppRunner, with `Protocol` for connections, that stops without dropping a connection the
+    kernel has already completed.
 
     Closing the last copy of a listening socket resets the connections still in its accept
     queue, so the queue is emptied right before the listener closes (leaving microseconds in
@@ -65,6 +88,11 @@ class Runner(web.AppRunner):
         super().__init__(app, **kwargs)
         self.listeners = listeners
         self.accepting: set[asyncio.Task[Any]] = set()
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = ProtocolServer  # aiohttp has no setting for the handler class
+        return server
 
     async def cleanup(self) -> None:
         loop = asyncio.get_running_loop()

@@ -4,6 +4,7 @@ many clients. Each asserts no 500, no dropped connection, bounded waits and noth
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import tempfile
@@ -278,20 +279,38 @@ async def test_a_thousand_concurrent_connections_are_all_answered(
     assert Counter(answers) == {"HTTP/1.1 200 OK": 1000}
 
 
-async def test_a_request_too_malformed_to_parse_logs_one_line_and_never_its_bytes(
+# Heads aiohttp cannot parse, each holding a token-like secret. The first is a browser with
+# many cookies (a page's script can set them): the session's first, the line over 8 KiB.
+MALFORMED = [
+    "GET /api/user HTTP/1.1\r\nHost: x\r\nCookie: session_id={token}; other={padding}\r\n",
+    "GET /api/{token}{padding} HTTP/1.1\r\nHost: x\r\n",
+    "GET /api/user HTTP/1.1\r\nHost: x\r\nX-{token}: {padding}\r\n",
+    "G\x00T /api/user?{token} HTTP/1.1\r\nHost: x\r\n",
+]
+
+
+async def test_requests_too_malformed_to_parse_get_a_json_400_that_never_quotes_them(
     instance: Instance,
 ) -> None:
     token = "T0ken" + "x" * 38
-    reader, writer = await asyncio.open_connection("127.0.0.1", instance.port)
-    # A browser with many cookies: the session's first, the line over aiohttp's 8 KiB limit.
-    cookie = f"session_id={token}; other={'a' * 9000}"
-    writer.write(f"GET /api/user HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\n\r\n".encode())
-    answer = await asyncio.wait_for(reader.read(), 10)
-    writer.close()
+    answers = []
+    for head in MALFORMED:
+        reader, writer = await asyncio.open_connection("127.0.0.1", instance.port)
+        writer.write(head.format(token=token, padding="a" * 9000).encode() + b"\r\n")
+        answers.append(await asyncio.wait_for(reader.read(), 10))
+        writer.close()
 
     output = await instance.stop()
 
-    assert answer.startswith(b"HTTP/1.0 400 "), answer[:100]
+    for answer in answers:
+        status, _, body = answer.partition(b"\r\n\r\n")
+        assert status.startswith(b"HTTP/1.0 400 "), answer[:200]
+        assert b"application/json" in status and b"nosniff" in status
+        assert json.loads(body) == {
+            "error": "bad_request",
+            "message": "The request is not valid HTTP.",
+        }
+        assert token.encode() not in answer
     assert token not in output
     assert "Traceback" not in output
-    assert "malformed request from 127.0.0.1: LineTooLong (400)" in output, output[-2000:]
+    assert output.count("malformed request from 127.0.0.1:") == len(MALFORMED), output[-2000:]
