@@ -31,7 +31,11 @@ _FAILURES: tuple[tuple[tuple[type[BaseException], ...], str, str], ...] = (
         "The database did not answer in time; try again.",
     ),
     (
-        (asyncpg.InsufficientResourcesError,),  # too many connections, out of memory or disk
+        (
+            asyncpg.InsufficientResourcesError,  # too many connections, out of memory or disk
+            asyncpg.TransactionRollbackError,  # a deadlock or serialization failure: retry
+            asyncpg.LockNotAvailableError,  # an operator's lock_timeout
+        ),
         "database_busy",
         "The database has no room for this request now; try again.",
     ),
@@ -59,12 +63,18 @@ DATABASE_UNAVAILABLE: tuple[type[BaseException], ...] = tuple(
 )
 
 
-def database_failure(error: BaseException) -> tuple[str, str]:
-    """The error code and message for one of DATABASE_UNAVAILABLE."""
+def database_failure(error: BaseException) -> tuple[str, str] | None:
+    """The error code and message for one of DATABASE_UNAVAILABLE; None when it is our bug.
+
+    asyncpg reports arguments it cannot encode as a DataError, an InterfaceError like a closed
+    connection: that is a bug of the caller's, not the database failing.
+    """
+    if isinstance(error, asyncpg.DataError):
+        return None
     for kinds, code, message in _FAILURES:
         if isinstance(error, kinds):
             return code, message
-    raise TypeError(f"not a database failure: {error!r}")
+    return None
 
 
 class Pool(asyncpg.Pool):  # type: ignore[misc]

@@ -105,12 +105,18 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             # The client left mid-request (reading its body then fails the same way): no one
             # is waiting for an answer, and the database is fine.
             return error_response(400, "client_closed", "The client closed the connection.")
-        code, message = database_failure(error)
-        log.warning("%s: %s", code, type(error).__name__)
-        return error_response(503, code, message)
+        failure = database_failure(error)
+        if failure is None:
+            return _internal_error(request)
+        log.warning("%s: %s", failure[0], type(error).__name__)
+        return error_response(503, *failure)
     except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.rel_url.raw_path)
-        return error_response(500, "internal_error", "Something went wrong on our side.")
+        return _internal_error(request)
+
+
+def _internal_error(request: web.Request) -> web.Response:
+    log.exception("unhandled error on %s %s", request.method, request.rel_url.raw_path)
+    return error_response(500, "internal_error", "Something went wrong on our side.")
 
 
 @web.middleware

@@ -166,3 +166,18 @@ async def test_a_read_only_database_is_503_database_read_only_for_writes_and_rea
     login = await on_standby.post("/api/login", json={"credential": issuer.token(nonce=nonce)})
     assert login.status == 503
     assert (await login.json())["error"] == "database_read_only"
+
+
+async def test_a_lock_timeout_is_503_database_busy(
+    start_service: Any, role_url: RoleUrl, issuer: Issuer, db: asyncpg.Pool
+) -> None:
+    """An operator's lock_timeout (or a deadlock, or a serialization failure): retry later."""
+    service = await start_service(database_url=await role_url(lock_timeout="100ms"))
+    browser = service.browser()
+    await browser.sign_in(issuer)
+
+    async with db.acquire() as holder, holder.transaction():
+        await holder.execute("SELECT 1 FROM sessions FOR UPDATE")
+        assert await error_of(browser, "POST", "/api/logout") == (503, "database_busy")
+
+    assert (await browser.post("/api/logout")).status == 204

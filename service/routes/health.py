@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-import asyncpg
 from aiohttp import web
 
 from service import schema
@@ -30,11 +29,12 @@ async def readyz(request: web.Request) -> web.Response:
             # A pool left on a standby after a failover reads fine but cannot sign anyone in.
             read_only = await conn.fetchval("SELECT current_setting('transaction_read_only')")
     except DATABASE_UNAVAILABLE as error:
-        raise ServiceUnavailable(*database_failure(error)) from None
+        code, message = database_failure(error) or ("database_unavailable", "The database failed.")
+        raise ServiceUnavailable(code, message) from None
     if read_only == "on":
         # New connections follow DATABASE_URL to wherever the primary is now.
         await request.app[POOL].expire_connections()
-        raise ServiceUnavailable(*database_failure(asyncpg.ReadOnlySQLTransactionError()))
+        raise ServiceUnavailable("database_read_only", "The database is read-only (failing over?).")
     if revision != request.app[SCHEMA_HEAD]:
         raise ServiceUnavailable(
             "migrations_pending", f"The schema is at {revision}, not {request.app[SCHEMA_HEAD]}."
