@@ -597,6 +597,7 @@ async def soak_main(settings: Settings) -> dict[str, Any]:
             "feed_window_s": WINDOW,
             "wrk_timeout_s": 2,  # wrk's default: a slower answer counts as a timeout
             "service_dir": str(settings.service_dir),
+            "passed_through": {k: os.environ[k] for k in run.PASSED_THROUGH if k in os.environ},
         },
         "errors": errors,
         "traffic": counts,

@@ -10,7 +10,7 @@ import asyncpg
 
 from service.db import delete_in_batches
 
-# Failed sign-ins from one address with one error within this window are one event, counted.
+# The same failed sign-in repeated within this window is one event, counted.
 FAILURE_WINDOW_MINUTES = 10
 
 
@@ -42,12 +42,20 @@ async def record(
 
 
 async def record_failed_login(
-    pool: asyncpg.Pool, *, ip: str | None, user_agent: str, error: str, email: str | None
+    pool: asyncpg.Pool,
+    *,
+    ip: str | None,
+    user_agent: str,
+    source: str,
+    error: str,
+    email: str | None,
 ) -> None:
     """A `login_failed` event, or one more on the count of the same failure's recent event.
 
-    Anonymous clients can fail as often as the login rate limit lets them; counting repeats
-    on one row keeps what they can make the table grow by small. One statement, one commit.
+    The same failure is one from the same source (whose login budget it spent: an IPv4
+    address or an IPv6 network) for the same email, with the same error. Anonymous clients can
+    fail as often as their budget lets them; counting repeats on one row keeps what they can
+    make the table grow by small. One statement, one commit.
     """
     await pool.execute(
         """
@@ -58,19 +66,22 @@ async def record_failed_login(
             )
             WHERE id = (
                 SELECT id FROM auth_events
-                WHERE kind = 'login_failed' AND ip = $1
-                  AND at > now() - make_interval(mins => $5) AND detail->>'error' = $3
-                ORDER BY ip, at DESC LIMIT 1
+                WHERE kind = 'login_failed' AND detail->>'source' = $3
+                  AND at > now() - make_interval(mins => $6)
+                  AND detail->>'error' = $4 AND detail->>'email' IS NOT DISTINCT FROM $5
+                ORDER BY detail->>'source', at DESC LIMIT 1
             )
             RETURNING id
         )
         INSERT INTO auth_events (kind, user_id, ip, user_agent, detail)
-        SELECT 'login_failed', NULL, $1, $2,
-               jsonb_build_object('error', $3::text, 'email', $4::text, 'count', 1)
+        SELECT 'login_failed', NULL, $1, $2, jsonb_build_object(
+            'source', $3::text, 'error', $4::text, 'email', $5::text, 'count', 1
+        )
         WHERE NOT EXISTS (SELECT 1 FROM recent)
         """,
         ip,
         user_agent,
+        source,
         error,
         email,
         FAILURE_WINDOW_MINUTES,

@@ -28,6 +28,7 @@ from service.access import Access, access_of, is_rate_limited
 from service.config import CONFIG
 from service.db import DATABASE_UNAVAILABLE, POOL, database_failure
 from service.errors import ApiError, Forbidden, TooManyRequests, Unauthorized, error_response
+from service.payload import source_of
 from service.session_cache import SESSION_CACHE
 from service.sessions import CurrentSession
 
@@ -122,9 +123,8 @@ def _internal_error(request: web.Request) -> web.Response:
 @web.middleware
 async def rate_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
     if is_rate_limited(handler):
-        config = request.config_dict[CONFIG]
-        key = ratelimit.client_key(request.remote, ipv6_prefix=config.login_rate_limit_ipv6_prefix)
-        wait = await ratelimit.hit(request.config_dict[POOL], key, config.login_rate_limit)
+        limit = request.config_dict[CONFIG].login_rate_limit
+        wait = await ratelimit.hit(request.config_dict[POOL], source_of(request), limit)
         if wait:
             raise TooManyRequests(
                 "rate_limited",

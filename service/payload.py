@@ -9,7 +9,9 @@ from typing import Any
 from aiohttp import web
 from email_validator import EmailNotValidError, validate_email
 
+from service.config import CONFIG
 from service.errors import BadRequest, NotFound
+from service.ratelimit import client_key
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_PAGE = 500
@@ -49,6 +51,12 @@ def client_of(request: web.Request) -> dict[str, Any]:
     # Header bytes that are not UTF-8 arrive as surrogates, which Postgres text cannot hold.
     agent = request.headers.get("User-Agent", "").encode(errors="replace").decode()
     return {"ip": request.remote, "user_agent": agent.replace("\x00", "")[:512]}
+
+
+def source_of(request: web.Request) -> str:
+    """Whose login budget a request spends: its IPv4 address, or its IPv6 network."""
+    prefix = request.config_dict[CONFIG].login_rate_limit_ipv6_prefix
+    return client_key(request.remote, ipv6_prefix=prefix)
 
 
 def page_params(request: web.Request) -> tuple[int, int]:

@@ -411,30 +411,39 @@ async def test_the_ipv6_prefix_of_a_budget_is_configurable(start_service: Any) -
         assert response.status == 400
 
 
-async def test_repeated_failures_from_one_address_are_one_counted_event(
-    start_service: Any, db: asyncpg.Pool
+async def test_repeated_failures_from_one_source_are_one_counted_event(
+    start_service: Any, db: asyncpg.Pool, issuer: Issuer
 ) -> None:
     service = await start_service(trusted_proxies=("127.0.0.1",))
     browser = service.browser()
 
-    for ip, body in [
-        *[(FORWARDED_IP, {})] * 5,
-        (FORWARDED_IP, {"credential": "not-a-token"}),
-        (OTHER_FORWARDED_IP, {}),
-    ]:
+    async def fail(ip: str, email: str | None = None) -> None:
+        # Without a nonce cookie, a valid token fails with invalid_nonce, naming its email.
+        body = {"credential": issuer.token(email=email)} if email else {}
         response = await browser.post("/api/login", headers={"X-Forwarded-For": ip}, json=body)
         assert response.status in (400, 401)
 
+    for _ in range(5):
+        await fail(FORWARDED_IP)
+    for host in range(1, 6):  # one IPv6 client rotating through its /64
+        await fail(f"2001:db8:1:2::{host}")
+    await fail(FORWARDED_IP, "alice@gmail.com")
+    await fail(FORWARDED_IP, "mallory@gmail.com")  # behind the same NAT: not alice's event
+    await fail(OTHER_FORWARDED_IP)
+
     rows = await db.fetch(
         """
-        SELECT ip, detail->>'error' AS error, (detail->>'count')::int AS count FROM auth_events
-        WHERE kind = 'login_failed' ORDER BY id
+        SELECT detail->>'source' AS source, detail->>'error' AS error, detail->>'email' AS email,
+               (detail->>'count')::int AS count
+        FROM auth_events WHERE kind = 'login_failed' ORDER BY id
         """
     )
     assert [tuple(row) for row in rows] == [
-        (FORWARDED_IP, "missing_credential", 5),
-        (FORWARDED_IP, "malformed_token", 1),
-        (OTHER_FORWARDED_IP, "missing_credential", 1),
+        (FORWARDED_IP, "missing_credential", None, 5),
+        ("2001:db8:1:2::/64", "missing_credential", None, 5),
+        (FORWARDED_IP, "invalid_nonce", "alice@gmail.com", 1),
+        (FORWARDED_IP, "invalid_nonce", "mallory@gmail.com", 1),
+        (OTHER_FORWARDED_IP, "missing_credential", None, 1),
     ]
 
 

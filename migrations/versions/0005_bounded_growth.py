@@ -15,8 +15,12 @@ depends_on = None
 UPGRADE = (
     "CREATE INDEX spent_nonces_expires_at_idx ON spent_nonces (expires_at)",
     "CREATE INDEX login_rate_tat_idx ON login_rate (tat)",
-    # Failed sign-ins from one address within a few minutes are counted on one event.
-    "CREATE INDEX auth_events_failures_idx ON auth_events (ip, at DESC) WHERE kind = 'login_failed'",
+    # Failed sign-ins from one source (an IPv4 address or an IPv6 network) within a few
+    # minutes are counted on one event.
+    """
+    CREATE INDEX auth_events_failures_idx ON auth_events ((detail->>'source'), at DESC)
+    WHERE kind = 'login_failed'
+    """,
 )
 
 DOWNGRADE = (

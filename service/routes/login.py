@@ -18,7 +18,7 @@ from service.cookies import (
 from service.db import POOL
 from service.errors import ApiError, BadRequest, Forbidden, Unauthorized
 from service.middleware import REQUEST_LOG
-from service.payload import client_of, read_json_object
+from service.payload import client_of, read_json_object, source_of
 
 routes = web.RouteTableDef()
 
@@ -64,7 +64,9 @@ async def login(request: web.Request) -> web.Response:
         nonce_cookie = _nonce_cookie_of(request, verified)
         user, token = await _sign_in(request, verified)
     except ApiError as error:
-        await audit.record_failed_login(pool, **client, error=error.code, email=email)
+        await audit.record_failed_login(
+            pool, **client, source=source_of(request), error=error.code, email=email
+        )
         raise
     request[REQUEST_LOG].user_id = user.id
     response = web.json_response({"user": user.public()})
