@@ -275,25 +275,33 @@ class Feeder:
 # -- sampling ----------------------------------------------------------------------------------
 
 
-class AccessLog:
-    """The service's access lines, read as its log grows, counted by request and status."""
+class ServiceLog:
+    """The service's log, read as it grows: access lines counted by request and status, and
+    warnings and errors by message (numbers masked, so repeats of one problem add up)."""
 
-    LINE = re.compile(rb" service\.access: (\S+) (\S+) (\d{3}) ")
+    ACCESS = re.compile(rb" service\.access: (\S+) (\S+) (\d{3}) ")
+    PROBLEM = re.compile(rb" (WARNING|ERROR|CRITICAL) (\S+) (.{0,120})")
+    NUMBER = re.compile(r"\d+")
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.offset = 0
 
-    def read_new(self) -> Counter[str]:
+    def read_new(self) -> tuple[Counter[str], Counter[str]]:
         with self.path.open("rb") as log_file:
             log_file.seek(self.offset)
             data = log_file.read()
         complete = data.rfind(b"\n") + 1  # a line still being written is read next time
         self.offset += complete
-        return Counter(
-            b" ".join(match.groups()).decode(errors="replace")
-            for match in self.LINE.finditer(data, 0, complete)
-        )
+        requests: Counter[str] = Counter()
+        problems: Counter[str] = Counter()
+        for line in data[:complete].splitlines():
+            if access := self.ACCESS.search(line):
+                requests[b" ".join(access.groups()).decode(errors="replace")] += 1
+            elif problem := self.PROBLEM.search(line):
+                text = b" ".join(problem.groups()).decode(errors="replace")
+                problems[self.NUMBER.sub("N", text)] += 1
+        return requests, problems
 
 
 def rss_kib(pid: int) -> int | None:
@@ -312,12 +320,12 @@ class Sampler:
         self.pool = pool
         self.master = service.process.pid
         self.workers = service.workers()  # as the soak starts; a replaced worker shows
-        self.access = AccessLog(service.log_path)
+        self.log = ServiceLog(service.log_path)
         self.samples: list[dict[str, Any]] = []
         self.last_at = time.time()
 
     async def take(self, t: float, phase: str) -> dict[str, Any]:
-        requests = await asyncio.to_thread(self.access.read_new)
+        requests, problems = await asyncio.to_thread(self.log.read_new)
         now = time.time()
         elapsed, self.last_at = now - self.last_at, now
         workers = self.service.workers()
@@ -334,6 +342,7 @@ class Sampler:
             "non_2xx": sum(n for key, n in requests.items() if not key.endswith(("200", "204"))),
             "5xx": sum(n for key, n in requests.items() if key.rsplit(" ", 1)[1][0] == "5"),
             "by_request": dict(sorted(requests.items())),
+            "log_problems": dict(problems.most_common()),
             "sessions_rows": await self.pool.fetchval("SELECT count(*) FROM sessions"),
         }
         self.samples.append(sample)
@@ -341,7 +350,7 @@ class Sampler:
         log(
             f"sample t={t:.0f} s ({phase}): {sample['rps'] or 0:,.0f} rps, non-2xx "
             f"{sample['non_2xx']}, RSS MiB (master, workers) {rss}, "
-            f"sessions {sample['sessions_rows']:,}"
+            f"sessions {sample['sessions_rows']:,}, log problems {dict(problems.most_common(3))}"
         )
         return sample
 
@@ -704,18 +713,24 @@ def as_markdown(results: dict[str, Any]) -> str:
         "service's access lines in each interval (the harness's own sign-ins included); in the "
         "`after` interval, requests wrk left in flight when it stopped end as 400 client_closed.",
         "",
-        "| t (s) | phase | rps | requests | non-2xx | "
+        "| t (s) | phase | rps | requests | non-2xx | log problems | "
         + " | ".join(_label(results, pid) for pid in pids)
         + " | sessions rows |",
-        "|---:|---|---:|---:|---:|" + "---:|" * len(pids) + "---:|",
+        "|---:|---|---:|---:|---:|---:|" + "---:|" * len(pids) + "---:|",
     ]
+    problems: Counter[str] = Counter()
     for sample in results["samples"]:
         rss = " | ".join(_mib(sample["rss_kib"].get(pid)) for pid in pids)
         rps = "" if sample["rps"] is None else f"{sample['rps']:,.0f}"
         lines.append(
             f"| {sample['t_s']:g} | {sample['phase']} | {rps} | {sample['requests']:,} | "
-            f"{sample['non_2xx']} | {rss} | {sample['sessions_rows']:,} |"
+            f"{sample['non_2xx']} | {sum(sample['log_problems'].values())} | {rss} | "
+            f"{sample['sessions_rows']:,} |"
         )
+        problems.update(sample["log_problems"])
+    if problems:
+        lines += ["", "Warnings and errors in the service's log, by message (numbers as N):", ""]
+        lines += [f"- {count:,} times: `{text}`" for text, count in problems.most_common(10)]
     lines += ["", "## Memory growth after the warm-up", ""]
     for pid, entry in memory.get("processes", {}).items():
         lines.append(

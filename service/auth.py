@@ -2,13 +2,14 @@
 
 google-auth checks the signature and `exp`/`iat`/`aud` in a worker thread (RSA is CPU work);
 the rest of Google's rules (issuer, `nbf`, algorithm) are checked here. Google's certs are
-fetched through a CacheControl-wrapped `requests` session and kept in memory for their
-Cache-Control lifetime, so a sign-in normally does no I/O for them.
+fetched with aiohttp and kept in memory for their Cache-Control lifetime, so a sign-in
+normally does no I/O for them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import re
@@ -18,8 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import cachecontrol
-import requests
+import aiohttp
 from aiohttp import web
 from google.auth import jwt
 
@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 GOOGLE_ISSUERS = frozenset({"accounts.google.com", "https://accounts.google.com"})
 CLOCK_SKEW = 10  # seconds allowed either way on exp, iat and nbf
 CERTS_TIMEOUT = 10  # seconds a sign-in may wait for Google's certs, however many wait
+RETRY_EVERY = 5  # seconds after a failed fetch before another is tried
+MAX_CERTS_BYTES = 256 * 1024
 CERTS_GRACE = 900  # seconds expired certs stay usable while refreshing them fails
 MIN_CERTS_LIFETIME = 60  # seconds between fetches, whatever the Cache-Control says
 MAX_CERTS_LIFETIME = 86400
@@ -83,35 +85,37 @@ class VerifiedToken:
 class GoogleCerts:
     """Google's signing certs, fetched once per their lifetime and shared by every sign-in.
 
-    Every caller that needs a fetch waits on the same one, which gives up after CERTS_TIMEOUT,
-    so all of them fail together and none waits longer. Expired certs stay in use for up to
-    `grace` seconds, refreshed in the background meanwhile: Google publishes a key well before
-    it signs with it and keeps it well after, so a set just past its lifetime is still right,
-    and an outage of Google's endpoint does not stop sign-ins. A key id that is not in the set
-    asks Google again, at most once per `min_lifetime`, so made-up key ids cannot make every
-    sign-in fetch.
+    Every caller that needs a fetch waits on the same one, which gives up after CERTS_TIMEOUT
+    in all (however slowly the endpoint drips its answer), so all of them fail together and
+    none waits longer; after a failure, fetches are tried again at most every `retry_every`.
+    Expired certs stay in use for up to `grace` seconds, refreshed in the background
+    meanwhile: Google publishes a key well before it signs with it and keeps it well after, so
+    a set just past its lifetime is still right, and an outage of Google's endpoint does not
+    stop sign-ins. A key id that is not in the set asks Google again, at most once per
+    `min_lifetime`, so made-up key ids cannot make every sign-in fetch.
     """
 
     def __init__(
         self,
         url: str,
-        executor: ThreadPoolExecutor,
+        http: aiohttp.ClientSession,
         *,
         grace: float = CERTS_GRACE,
         min_lifetime: float = MIN_CERTS_LIFETIME,
+        retry_every: float = RETRY_EVERY,
+        timeout: float = CERTS_TIMEOUT,
     ) -> None:
         self.url = url
         self.grace = grace
         self.min_lifetime = min_lifetime
-        self._executor = executor
-        self._http = cachecontrol.CacheControl(requests.Session())
+        self.retry_every = retry_every
+        self._timeout = aiohttp.ClientTimeout(total=timeout, connect=min(3.0, timeout))
+        self._http = http
         self._certs: dict[str, str] = {}
-        self._fetched_at = -math.inf  # time.monotonic() of the last good fetch
-        self._fresh_until = -math.inf
+        self._fresh_until = -math.inf  # time.monotonic()
+        self._attempted_at = -math.inf  # the last fetch's start, whatever its outcome
+        self._failed = False  # whether that fetch failed
         self._fetching: asyncio.Task[None] | None = None
-
-    def close(self) -> None:
-        self._http.close()
 
     async def get(self, kid: str) -> dict[str, str]:
         """The certs to verify a token signed with `kid` against."""
@@ -122,61 +126,59 @@ class GoogleCerts:
             if now < self._fresh_until + self.grace:
                 self._refresh_soon()  # this sign-in needs no new key: it does not wait
                 return self._certs
-        elif now < self._fetched_at + self.min_lifetime:
+        elif self._certs and now < self._attempted_at + self.min_lifetime:
             return self._certs  # asked Google just now: an unknown key is the token's fault
+        task = self._refresh_soon()
         try:
+            if task is None:  # the last fetch failed just now: share its failure
+                raise CertsUnavailable("a fetch failed less than retry_every ago")
             # Shielded: a sign-in whose client left does not cancel everyone's fetch.
-            await asyncio.shield(self._refresh_soon(revalidate=kid not in self._certs))
+            await asyncio.shield(task)
         except CertsUnavailable as error:
             raise ServiceUnavailable(
                 "certs_unavailable", "Google's signing keys could not be fetched; try again."
             ) from error
         return self._certs
 
-    def _refresh_soon(self, *, revalidate: bool = False) -> asyncio.Task[None]:
-        """The fetch in flight, or a new one (past the HTTP cache when `revalidate`)."""
+    def _refresh_soon(self) -> asyncio.Task[None] | None:
+        """The fetch in flight, or a new one; None if the last one failed under retry_every ago."""
         if self._fetching is None:
-            self._fetching = asyncio.create_task(self._refresh(revalidate))
+            if self._failed and time.monotonic() < self._attempted_at + self.retry_every:
+                return None
+            self._attempted_at = time.monotonic()
+            self._fetching = asyncio.create_task(self._refresh())
             # Retrieve its failure even when no one waits for it (a background refresh).
             self._fetching.add_done_callback(lambda task: task.cancelled() or task.exception())
         return self._fetching
 
-    async def _refresh(self, revalidate: bool) -> None:
-        loop = asyncio.get_running_loop()
+    async def _refresh(self) -> None:
         try:
-            async with asyncio.timeout(CERTS_TIMEOUT):
-                certs, lifetime = await loop.run_in_executor(
-                    self._executor, self._fetch, revalidate
-                )
-        except TimeoutError:
-            log.warning("fetching Google's certs failed: no answer in %d s", CERTS_TIMEOUT)
-            raise CertsUnavailable("no answer in time") from None
-        except (requests.RequestException, ValueError) as error:
-            log.warning("fetching Google's certs failed: %s", type(error).__name__)
-            raise CertsUnavailable(type(error).__name__) from None
+            async with self._http.get(self.url, timeout=self._timeout) as response:
+                response.raise_for_status()
+                body = bytearray()
+                async for chunk in response.content.iter_chunked(64 * 1024):
+                    body += chunk
+                    if len(body) > MAX_CERTS_BYTES:
+                        raise ValueError("the certs are too large")
+                lifetime = _lifetime(response.headers)
+            certs = json.loads(body)
+            if (
+                not isinstance(certs, dict)
+                or not certs
+                or not all(isinstance(k, str) and isinstance(v, str) for k, v in certs.items())
+            ):
+                raise ValueError("the certs are not a JSON object of certificates")
+        except (aiohttp.ClientError, TimeoutError, ValueError, RecursionError) as error:
+            self._failed = True
+            timed_out = isinstance(error, TimeoutError)
+            reason = "no answer in time" if timed_out else type(error).__name__
+            log.warning("fetching Google's certs failed: %s", reason)
+            raise CertsUnavailable(reason) from None
         finally:
             self._fetching = None
+        self._failed = False
         self._certs = certs
-        self._fetched_at = time.monotonic()
-        self._fresh_until = self._fetched_at + max(lifetime, self.min_lifetime)
-
-    def _fetch(self, revalidate: bool) -> tuple[dict[str, str], float]:
-        """In a thread: the certs and how many seconds they may be used without asking again.
-
-        CacheControl answers from its HTTP cache while the certs are fresh, and revalidates
-        them (a conditional request, where Google's answer allows one) when they are not.
-        """
-        headers = {"Cache-Control": "no-cache"} if revalidate else {}
-        response = self._http.get(self.url, headers=headers, timeout=(3.05, CERTS_TIMEOUT))
-        response.raise_for_status()
-        certs = response.json()  # ValueError when it is not JSON
-        if (
-            not isinstance(certs, dict)
-            or not certs
-            or not all(isinstance(k, str) and isinstance(v, str) for k, v in certs.items())
-        ):
-            raise ValueError("the certs are not a JSON object of certificates")
-        return certs, _lifetime(response.headers)
+        self._fresh_until = time.monotonic() + max(lifetime, self.min_lifetime)
 
 
 class CertsUnavailable(Exception):
@@ -185,9 +187,10 @@ class CertsUnavailable(Exception):
 
 def _lifetime(headers: Mapping[str, str]) -> float:
     """Cache-Control's max-age less the response's Age, at most MAX_CERTS_LIFETIME."""
-    match = re.search(r"max-age=(\d+)", headers.get("Cache-Control", ""))
+    match = re.search(r"max-age=(\d{1,10})\b", headers.get("Cache-Control", ""))
     age = headers.get("Age", "0")
-    seconds = int(match[1]) - (int(age) if age.isdigit() else 0) if match else 0
+    aged = int(age) if age.isdigit() and len(age) <= 10 else 0
+    seconds = int(match[1]) - aged if match else 0
     return float(min(max(seconds, 0), MAX_CERTS_LIFETIME))
 
 
@@ -284,21 +287,17 @@ def _check_claims(claims: Mapping[str, Any]) -> None:
 
 async def verifier_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
-    # Verification is CPU-bound RSA, a few threads are plenty; the certs fetch has a thread of
-    # its own, so a hung fetch never holds up verifying tokens against certs already here.
-    with (
-        ThreadPoolExecutor(max_workers=4, thread_name_prefix="verify") as executor,
-        ThreadPoolExecutor(max_workers=1, thread_name_prefix="certs") as fetcher,
-    ):
-        google_certs = GoogleCerts(config.google_certs_url, fetcher)
-        app[VERIFIER] = TokenVerifier(
-            audiences=config.client_ids,
-            google_certs=google_certs,
-            executor=executor,
-            local_certs=app.get(LOCAL_CERTS, {}),
-        )
-        yield
-        google_certs.close()
+    # Verification is CPU-bound RSA: a few threads are plenty. The certs are fetched on the
+    # event loop, so a hung fetch holds no thread.
+    with ThreadPoolExecutor(max_workers=4, thread_name_prefix="verify") as executor:
+        async with aiohttp.ClientSession(raise_for_status=False) as http:
+            app[VERIFIER] = TokenVerifier(
+                audiences=config.client_ids,
+                google_certs=GoogleCerts(config.google_certs_url, http),
+                executor=executor,
+                local_certs=app.get(LOCAL_CERTS, {}),
+            )
+            yield
 
 
 VERIFIER = web.AppKey("verifier", TokenVerifier)

@@ -14,10 +14,10 @@ import logging
 import secrets
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
 from aiohttp import ClientResponse, web
@@ -776,54 +776,61 @@ async def certs_server(aiohttp_server: Any, issuer: Issuer, max_age: int) -> Any
 
 
 @pytest.fixture
-def fetcher() -> Iterator[ThreadPoolExecutor]:
-    with ThreadPoolExecutor(max_workers=1) as executor:
-        yield executor
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
 
 
 async def test_expired_certs_are_used_within_the_grace_while_a_refresh_fails(
-    aiohttp_server: Any, issuer: Issuer, fetcher: ThreadPoolExecutor
+    aiohttp_server: Any, issuer: Issuer, http: aiohttp.ClientSession
 ) -> None:
     endpoint, url = await certs_server(aiohttp_server, issuer, max_age=0)
-    certs = GoogleCerts(url, fetcher, grace=60, min_lifetime=0.05)
+    certs = GoogleCerts(url, http, grace=60, min_lifetime=0.05, retry_every=0.05)
     assert await certs.get(KEY_ID) == issuer.certs
     endpoint.failing = True
     await asyncio.sleep(0.1)  # past their lifetime
 
-    # Answered at once from the expired set, with a refresh started behind it.
+    # Answered at once from the expired set, with a refresh started behind it...
     assert await certs.get(KEY_ID) == issuer.certs
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.02)
+    assert endpoint.fetches == 2
+    # ...and not another one per sign-in while that failure is fresh.
+    for _ in range(5):
+        assert await certs.get(KEY_ID) == issuer.certs
+    await asyncio.sleep(0.02)
     assert endpoint.fetches == 2
 
     endpoint.failing = False
     await asyncio.sleep(0.1)
     assert await certs.get(KEY_ID) == issuer.certs
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.02)
     assert endpoint.fetches == 3
-    certs.close()
+    # The refresh worked: fresh again, no fetch until their lifetime ends.
+    assert await certs.get(KEY_ID) == issuer.certs
+    assert endpoint.fetches == 3
 
 
 async def test_certs_past_the_grace_are_not_used_and_the_sign_in_is_503(
-    aiohttp_server: Any, issuer: Issuer, fetcher: ThreadPoolExecutor
+    aiohttp_server: Any, issuer: Issuer, http: aiohttp.ClientSession
 ) -> None:
     endpoint, url = await certs_server(aiohttp_server, issuer, max_age=0)
-    certs = GoogleCerts(url, fetcher, grace=0.05, min_lifetime=0.05)
+    certs = GoogleCerts(url, http, grace=0.05, min_lifetime=0.05, retry_every=10)
     assert await certs.get(KEY_ID) == issuer.certs
     endpoint.failing = True
     await asyncio.sleep(0.15)
 
-    with pytest.raises(ServiceUnavailable) as refused:
-        await certs.get(KEY_ID)
-
-    assert refused.value.code == "certs_unavailable"
-    certs.close()
+    for _ in range(3):  # the first fetch fails; the next callers share that failure at once
+        with pytest.raises(ServiceUnavailable) as refused:
+            await certs.get(KEY_ID)
+        assert refused.value.code == "certs_unavailable"
+    assert endpoint.fetches == 2
 
 
 async def test_an_unknown_key_id_asks_google_again_at_most_once_per_min_lifetime(
-    aiohttp_server: Any, issuer: Issuer, fetcher: ThreadPoolExecutor
+    aiohttp_server: Any, issuer: Issuer, http: aiohttp.ClientSession
 ) -> None:
     endpoint, url = await certs_server(aiohttp_server, issuer, max_age=3600)
-    certs = GoogleCerts(url, fetcher, min_lifetime=0.2)
+    certs = GoogleCerts(url, http, min_lifetime=0.2)
     await certs.get(KEY_ID)
 
     for _ in range(5):
@@ -832,7 +839,41 @@ async def test_an_unknown_key_id_asks_google_again_at_most_once_per_min_lifetime
     await asyncio.sleep(0.25)
     await certs.get("made-up")  # perhaps Google rotated: ask once more
     assert endpoint.fetches == 2
-    certs.close()
+    # Failing fetches count too: made-up key ids during an outage do not fetch each time.
+    endpoint.failing = True
+    await asyncio.sleep(0.25)
+    with pytest.raises(ServiceUnavailable):  # maybe a new key: the truth is "unavailable"
+        await certs.get("made-up")
+    for _ in range(5):
+        assert KEY_ID in await certs.get("made-up")
+    assert endpoint.fetches == 3
+
+
+async def test_a_certs_endpoint_that_drips_its_answer_fails_within_the_total_timeout(
+    aiohttp_server: Any, issuer: Issuer, http: aiohttp.ClientSession
+) -> None:
+    async def drip(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        for _ in range(100):  # a byte every 0.2 s: no single read ever times out
+            await response.write(b" ")
+            await asyncio.sleep(0.2)
+        return response
+
+    app = web.Application()
+    app.router.add_get("/certs", drip)
+    server = await aiohttp_server(app)
+    certs = GoogleCerts(str(server.make_url("/certs")), http, timeout=1, retry_every=0)
+    started = time.monotonic()
+
+    with pytest.raises(ServiceUnavailable):
+        await certs.get(KEY_ID)
+
+    assert time.monotonic() - started < 3
+    # Nothing is stuck behind it: the next attempt starts (and fails the same way) at once.
+    with pytest.raises(ServiceUnavailable):
+        await certs.get(KEY_ID)
+    assert time.monotonic() - started < 5
 
 
 @pytest.mark.parametrize(
