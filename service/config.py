@@ -26,6 +26,7 @@ _FALSE = {"0", "false", "no", "off", ""}
 # WORKERS' default never exceeds this: each worker holds its own Postgres connections.
 MAX_DEFAULT_WORKERS = 8
 CGROUP = Path("/sys/fs/cgroup")
+CGROUP_MEMBERSHIP = Path("/proc/self/cgroup")
 
 
 class ConfigError(Exception):
@@ -329,31 +330,52 @@ def _is_network(value: str) -> bool:
     return True
 
 
-def default_workers(cgroup: Path = CGROUP) -> int:
+def default_workers(cgroup: Path = CGROUP, membership: Path = CGROUP_MEMBERSHIP) -> int:
     """The CPUs this process may really use, capped at MAX_DEFAULT_WORKERS.
 
-    os.cpu_count() is the host's count; a container's CPU quota (cgroup v2 `cpu.max`, v1
-    `cpu.cfs_quota_us`) and the CPU affinity mask both say less, and the smallest one wins.
+    os.cpu_count() is the host's count; the CPU affinity mask and a container's CPU quota (on
+    its own cgroup or any parent: cgroup v2 `cpu.max`, v1 `cpu.cfs_quota_us`) may say less,
+    and the smallest one wins.
     """
-    cpus = len(os.sched_getaffinity(0))
-    quota = _cgroup_quota(cgroup)
-    if quota is not None:
-        cpus = min(cpus, max(1, math.ceil(quota)))
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux: no affinity mask and no cgroups
+        return max(1, min(os.cpu_count() or 1, MAX_DEFAULT_WORKERS))
+    quotas = [q for d in _cgroup_dirs(cgroup, membership) if (q := _cgroup_quota(d)) is not None]
+    if quotas:
+        cpus = min(cpus, max(1, math.ceil(min(quotas))))
     return max(1, min(cpus, MAX_DEFAULT_WORKERS))
 
 
-def _cgroup_quota(cgroup: Path) -> float | None:
-    """CPUs allowed by the cgroup's quota; None when unlimited or unknown."""
+def _cgroup_dirs(cgroup: Path, membership: Path) -> list[Path]:
+    """This process's cgroup directories and their parents, up to the mount's root."""
     try:
-        quota, period = (cgroup / "cpu.max").read_text().split()[:2]  # v2: "max 100000"
-        if quota != "max":
-            return int(quota) / int(period)
-        return None
+        lines = membership.read_text().splitlines()
+    except OSError:
+        lines = []
+    found = [cgroup]
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        # v2 ("0::/path") sits at the root of the mount; v1 has a mount per controller.
+        base = cgroup if not controllers else cgroup / "cpu"
+        if controllers and "cpu" not in controllers.split(","):
+            continue
+        relative = Path(path.lstrip("/"))
+        for parent in (relative, *relative.parents):
+            found.append(base / parent)
+    return found
+
+
+def _cgroup_quota(directory: Path) -> float | None:
+    """CPUs allowed by one cgroup directory's quota; None when unlimited or unknown."""
+    try:
+        quota, period = (directory / "cpu.max").read_text().split()[:2]  # v2: "max 100000"
+        return int(quota) / int(period) if quota != "max" else None
     except (OSError, ValueError):
         pass
     try:
-        quota_us = int((cgroup / "cpu" / "cpu.cfs_quota_us").read_text())  # v1: -1 unlimited
-        period_us = int((cgroup / "cpu" / "cpu.cfs_period_us").read_text())
+        quota_us = int((directory / "cpu.cfs_quota_us").read_text())  # v1: -1 is unlimited
+        period_us = int((directory / "cpu.cfs_period_us").read_text())
     except (OSError, ValueError):
         return None
     return quota_us / period_us if quota_us > 0 and period_us > 0 else None

@@ -368,11 +368,17 @@ def test_a_trusted_proxy_network_with_host_bits_names_the_network_it_meant() -> 
         Config.from_env({"GOOGLE_CLIENT_ID": "x", "TRUSTED_PROXIES": "172.17.0.1/16"})
 
 
-def write_cgroup(root: Path, files: dict[str, str]) -> Path:
+def write_cgroup(root: Path, files: dict[str, str]) -> tuple[Path, Path]:
+    """A cgroup mount at root/fs with `files`, and a /proc/self/cgroup saying where we are."""
+    membership = files.pop("membership", "0::/\n")
     for name, text in files.items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_text(text)
-    return root
+        (root / "fs" / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / "fs" / name).write_text(text)
+    (root / "membership").write_text(membership)
+    return root / "fs", root / "membership"
+
+
+V1 = "4:cpu,cpuacct:/\n2:memory:/\n"
 
 
 @pytest.mark.parametrize(
@@ -380,10 +386,31 @@ def write_cgroup(root: Path, files: dict[str, str]) -> Path:
     [
         ({}, None),  # no cgroup files: the affinity mask alone
         ({"cpu.max": "max 100000\n"}, None),
-        ({"cpu.max": "150000 100000\n"}, 2),  # 1.5 CPUs: two workers
-        ({"cpu.max": "50000 100000\n"}, 1),
-        ({"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),
-        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({"cpu.max": "50000 100000\n"}, 1),  # half a CPU: one worker
+        ({"cpu.max": "150000 100000\n"}, 2),
+        # Without a cgroup namespace the quota is on our own cgroup, or on a parent of it.
+        ({"membership": "0::/kubepods/pod1\n", "kubepods/pod1/cpu.max": "100000 100000"}, 1),
+        ({"membership": "0::/kubepods/pod1\n", "kubepods/cpu.max": "100000 100000"}, 1),
+        (
+            {"membership": V1, "cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "1e5"},
+            None,  # a period that is not a number: unknown, so no quota
+        ),
+        (
+            {
+                "membership": V1,
+                "cpu/cpu.cfs_quota_us": "100000\n",
+                "cpu/cpu.cfs_period_us": "100000\n",
+            },
+            1,
+        ),
+        (
+            {
+                "membership": V1,
+                "cpu/cpu.cfs_quota_us": "-1\n",
+                "cpu/cpu.cfs_period_us": "100000\n",
+            },
+            None,
+        ),
     ],
 )
 def test_workers_default_to_the_cpus_the_container_may_use(
@@ -391,7 +418,7 @@ def test_workers_default_to_the_cpus_the_container_may_use(
 ) -> None:
     usable = min(len(os.sched_getaffinity(0)), MAX_DEFAULT_WORKERS)
 
-    workers = default_workers(write_cgroup(tmp_path, files))
+    workers = default_workers(*write_cgroup(tmp_path, files))
 
     assert workers == min(usable, expected or usable)
 
@@ -399,8 +426,8 @@ def test_workers_default_to_the_cpus_the_container_may_use(
 def test_workers_default_is_capped_whatever_the_quota(tmp_path: Path) -> None:
     root = write_cgroup(tmp_path, {"cpu.max": "6400000 100000"})  # 64 CPUs
 
-    assert 1 <= default_workers(root) <= MAX_DEFAULT_WORKERS
-    assert default_workers(root) <= len(os.sched_getaffinity(0))
+    assert 1 <= default_workers(*root) <= MAX_DEFAULT_WORKERS
+    assert default_workers(*root) <= len(os.sched_getaffinity(0))
 
 
 def test_config_from_env_dev_login_needs_no_client_id() -> None:
