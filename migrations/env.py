@@ -2,6 +2,7 @@
 
 import asyncio
 import os
+import time
 from logging.config import fileConfig
 
 import asyncpg
@@ -13,6 +14,7 @@ from sqlalchemy.pool import NullPool
 
 # Any constant works; every instance must use the same one.
 MIGRATION_LOCK_KEY = 7_245_811_203
+LOCK_TIMEOUT = "10s"
 
 config = context.config
 # The service configures logging itself; only the bare `alembic` command uses the ini's.
@@ -28,10 +30,23 @@ def database_url() -> str:
 
 
 def run_migrations(connection: Connection) -> None:
-    context.configure(connection=connection, target_metadata=None, transaction_per_migration=False)
+    # Each migration commits on its own, so the locks it takes are held only while it runs,
+    # and one that builds an index CONCURRENTLY can step out of its transaction.
+    context.configure(connection=connection, target_metadata=None, transaction_per_migration=True)
+    # Held by this connection until it closes: instances starting together apply each
+    # migration once, in turn (the later ones find nothing left to do). Asked for again and
+    # again rather than waited for: a statement waiting would hold a snapshot, which an index
+    # built CONCURRENTLY by the instance holding the lock waits for (a deadlock).
+    while not connection.execute(
+        text("SELECT pg_try_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
+    ).scalar():
+        connection.commit()
+        time.sleep(0.1)
+    # A migration that waits on a busy table fails (and the start with it) rather than queue
+    # every request behind its lock.
+    connection.execute(text(f"SET lock_timeout = '{LOCK_TIMEOUT}'"))
+    connection.commit()
     with context.begin_transaction():
-        # Held until commit: instances starting together apply each migration once, in turn.
-        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
         context.run_migrations()
 
 

@@ -124,12 +124,13 @@ async def list_page(
     """
     rows = await pool.fetch(
         """
-        SELECT id, at, kind, user_id, email, ip, user_agent, detail
-        FROM auth_events
-        WHERE ($1::bigint IS NULL OR user_id = $1)
-          AND ($2::text IS NULL OR kind = $2)
-          AND ($3::bigint IS NULL OR id < $3)
-        ORDER BY id DESC LIMIT $4
+        SELECT e.id, e.at, e.kind, e.user_id, coalesce(e.email, u.email) AS email, e.ip,
+               e.user_agent, e.detail
+        FROM auth_events e LEFT JOIN users u ON u.id = e.user_id
+        WHERE ($1::bigint IS NULL OR e.user_id = $1)
+          AND ($2::text IS NULL OR e.kind = $2)
+          AND ($3::bigint IS NULL OR e.id < $3)
+        ORDER BY e.id DESC LIMIT $4
         """,
         user_id,
         kind,

@@ -12,9 +12,10 @@ down_revision = "0003"
 branch_labels = None
 depends_on = None
 
+# Both are instant: no row is rewritten (older events keep a NULL email, and the audit log
+# shows the user's current one for them while the user exists).
 UPGRADE = (
     "ALTER TABLE auth_events ADD COLUMN email text",
-    "UPDATE auth_events e SET email = u.email FROM users u WHERE u.id = e.user_id",
     # History is not rewritten when a user goes: the id stays (ids are never reused).
     "ALTER TABLE auth_events DROP CONSTRAINT auth_events_user_id_fkey",
 )

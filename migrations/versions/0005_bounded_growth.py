@@ -12,29 +12,26 @@ down_revision = "0004"
 branch_labels = None
 depends_on = None
 
-UPGRADE = (
-    "CREATE INDEX spent_nonces_expires_at_idx ON spent_nonces (expires_at)",
-    "CREATE INDEX login_rate_tat_idx ON login_rate (tat)",
+INDEXES = {
+    "spent_nonces_expires_at_idx": "spent_nonces (expires_at)",
+    "login_rate_tat_idx": "login_rate (tat)",
     # Failed sign-ins from one source (an IPv4 address or an IPv6 network) within a few
     # minutes are counted on one event.
-    """
-    CREATE INDEX auth_events_failures_idx ON auth_events ((detail->>'source'), at DESC)
-    WHERE kind = 'login_failed'
-    """,
-)
-
-DOWNGRADE = (
-    "DROP INDEX auth_events_failures_idx",
-    "DROP INDEX login_rate_tat_idx",
-    "DROP INDEX spent_nonces_expires_at_idx",
-)
+    "auth_events_failures_idx": (
+        "auth_events ((detail->>'source'), at DESC) WHERE kind = 'login_failed'"
+    ),
+}
 
 
 def upgrade() -> None:
-    for statement in UPGRADE:
-        op.execute(statement)
+    # Built without blocking writes to these tables: CONCURRENTLY cannot run in a transaction.
+    # A build that was interrupted leaves an invalid index behind, so it is dropped first.
+    with op.get_context().autocommit_block():
+        for name, definition in INDEXES.items():
+            op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
+            op.execute(f"CREATE INDEX CONCURRENTLY {name} ON {definition}")
 
 
 def downgrade() -> None:
-    for statement in DOWNGRADE:
-        op.execute(statement)
+    for name in INDEXES:
+        op.execute(f"DROP INDEX {name}")
