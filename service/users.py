@@ -210,7 +210,7 @@ async def lock_admin_changes(conn: asyncpg.Connection, *, actor_session: uuid.UU
         """
         SELECT EXISTS (
             SELECT 1 FROM sessions s JOIN users u ON u.id = s.user_id
-            WHERE s.id = $1 AND u.admin AND NOT u.disabled
+            WHERE s.id = $1 AND s.expires_at > now() AND u.admin AND NOT u.disabled
         )
         """,
         actor_session,

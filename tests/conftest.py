@@ -109,12 +109,13 @@ async def issuer(aiohttp_server: Any) -> Issuer:
 class Browser:
     """One browser: its own cookie jar, and an Origin header on unsafe requests, as browsers do."""
 
-    def __init__(self, base_url: str, user_agent: str) -> None:
+    def __init__(self, base_url: str, user_agent: str, *, force_close: bool = False) -> None:
         self.base_url = base_url
         self.session = aiohttp.ClientSession(
             base_url=base_url,
             cookie_jar=aiohttp.CookieJar(unsafe=True),
             headers={"User-Agent": user_agent},
+            connector=aiohttp.TCPConnector(force_close=force_close),
         )
 
     async def request(

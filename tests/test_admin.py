@@ -596,6 +596,8 @@ async def test_two_admins_acting_on_each_other_at_once_cannot_both_succeed(
     assert sorted(r.status for r in responses) in ([200, 403], [204, 403])
     refused = next(r for r in responses if r.status == 403)
     await assert_error(refused, 403, "admin_only")
+    # Refused by the check under the lock, not by the one at the start of the request.
+    assert "no longer" in (await refused.json())["message"]
     # Exactly one of them acted, and the audit log says so.
     still_admins = await db.fetchval(
         "SELECT count(*) FROM users WHERE id = ANY($1::bigint[]) AND admin AND NOT disabled",

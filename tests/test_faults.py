@@ -233,13 +233,17 @@ async def test_slowloris_connections_do_not_hold_up_other_clients(
         await asyncio.sleep(0.2)
 
         stop = asyncio.Event()
-        traffic = asyncio.create_task(keep_requesting(browser, stop))
+        # Each request on a new connection: the server must still accept while they hold on.
+        fresh = Browser(instance.base_url, "Mozilla/5.0 TestBrowser", force_close=True)
+        fresh.session.cookie_jar.update_cookies({"session_id": browser.cookie("session_id")})
+        traffic = asyncio.create_task(keep_requesting(fresh, stop))
         await asyncio.sleep(1)
         for writer in slow:  # a byte more now and then keeps them open
             writer.write(b"a")
         await asyncio.sleep(1)
         stop.set()
         outcomes = await traffic
+        await fresh.session.close()
     finally:
         for writer in slow:
             writer.close()
