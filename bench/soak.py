@@ -1,4 +1,4 @@
-"""`python -m bench.soak`: the service under hours-like mixed traffic, watched for errors and leaks.
+"""`python -m bench.soak`: a soak test, 10 minutes of mixed traffic, watching errors and memory.
 
 1,000 connections (wrk, bench/lua/soak.lua) for 10 minutes against the service as production
 runs it (gunicorn, WORKERS=2, session cache on) on a fresh database: per request ~93% session

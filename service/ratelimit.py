@@ -1,7 +1,9 @@
-"""Login rate limiting: the `login_rate` table, one row per client IP, shared by all workers.
+"""Login rate limiting: the `login_rate` table, one row per client, shared by all workers.
 
 The generic cell rate algorithm: a limit of N per period lets N attempts through at once, then
-one more every period/N seconds. Each attempt is one upsert, so workers and instances agree.
+one more every period/N seconds. Each attempt is one upsert of its own client's row, so workers
+and instances agree and different clients never wait for each other. The table is UNLOGGED
+(migration 0007): an attempt's commit waits for no disk, and a crash only forgets budgets.
 """
 
 from __future__ import annotations

@@ -117,3 +117,27 @@ async def test_a_deleted_admins_events_still_say_who_acted(
     assert (event["user_id"], event["email"]) == (boss_id, "boss@gmail.com")
     by_user = await (await other.get(f"/api/admin/audit?user_id={boss_id}")).json()
     assert {e["kind"] for e in by_user["results"]} == {"login_ok", "admin_user_created"}
+
+
+async def test_a_sign_in_whose_audit_event_fails_leaves_no_session_and_no_spent_nonce(
+    service: Service, issuer: Issuer, db: asyncpg.Pool, refuse_events: Any
+) -> None:
+    """Sign-in is one transaction: nonce, user, session and event commit together or not."""
+    browser = service.browser()
+    nonce = await browser.new_nonce()
+    credential = issuer.token(email="ada@gmail.com", nonce=nonce)
+    await refuse_events("login_ok")
+
+    failed = await browser.post("/api/login", json={"credential": credential})
+
+    assert failed.status == 500
+    left = await db.fetchrow(
+        "SELECT (SELECT count(*) FROM sessions) AS sessions,"
+        " (SELECT count(*) FROM spent_nonces) AS nonces, (SELECT count(*) FROM users) AS users"
+    )
+    assert dict(left) == {"sessions": 0, "nonces": 0, "users": 0}
+    # Nothing was spent: once events can be written, the same sign-in goes through.
+    await db.execute("ALTER TABLE auth_events DROP CONSTRAINT refused")
+    retried = await browser.post("/api/login", json={"credential": credential})
+    assert retried.status == 200, await retried.text()
+    assert await db.fetchval("SELECT count(*) FROM spent_nonces") == 1

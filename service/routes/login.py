@@ -98,13 +98,15 @@ async def _sign_in(request: web.Request, verified: auth.VerifiedToken) -> tuple[
     pool = request.config_dict[POOL]
     client = client_of(request)
     assert verified.nonce is not None  # matched to a cookie
-    # Spent on its own, before anything can roll back, so a replay fails on every instance.
-    if not await nonces.spend(pool, verified.nonce, until=verified.expires_at + CLOCK_SKEW):
-        raise Unauthorized("nonce_replayed", "This sign-in token has already been used.")
     identity = verified.identity
     if not identity.is_allowed(config):
         raise Forbidden("not_allowed", "This Google account may not sign in here.")
+    # One transaction, one durable commit: the spent nonce, the user, the session the browser
+    # brought ended, the new session and the audit event stand or fall together. Two replays
+    # at once insert the same nonce: the second waits for the first to commit, then fails.
     async with pool.acquire() as conn, conn.transaction():
+        if not await nonces.spend(conn, verified.nonce, until=verified.expires_at + CLOCK_SKEW):
+            raise Unauthorized("nonce_replayed", "This sign-in token has already been used.")
         # ADMIN_EMAILS grants only where Google owns the address, as for linking a row.
         make_admin = (
             identity.google_is_authoritative and identity.email.lower() in config.admin_emails
