@@ -45,7 +45,7 @@ from service.sessions import CurrentSession
 
 log = logging.getLogger(__name__)
 
-FRESH_FOR = 0.040  # with a request's own round trip, within the 50 ms promised for revocation
+FRESH_FOR = Config.session_cache_fresh_for  # seconds; see Config
 PASS_TIMEOUT = 1.0
 RECONNECT_AFTER = 1.0  # after a failed pass, requests go to Postgres this long before a retry
 MAX_AGE = 60.0  # less than CHANGES_KEPT: an entry never outlives the news of its changes
@@ -82,6 +82,7 @@ class SessionCache:
     def __init__(self, pool: asyncpg.Pool, config: Config) -> None:
         assert config.database_url is not None
         self.enabled = config.session_cache
+        self.fresh_for = config.session_cache_fresh_for
         self._pool = pool
         self._dsn = config.database_url
         self._statement_cache_size = config.db_statement_cache_size
@@ -108,7 +109,7 @@ class SessionCache:
     async def lookup(self, token: str, *, arrived_at: float) -> CurrentSession | None:
         """The live session for `token`: from memory when that is proven safe, else Postgres."""
         token_hash = sessions.hash_token(token)
-        if token_hash in self._entries and await self._prove(arrived_at - FRESH_FOR):
+        if token_hash in self._entries and await self._prove(arrived_at - self.fresh_for):
             entry = self._entries.get(token_hash)  # unless the pass just dropped it
             now = time.monotonic()
             if entry is not None and now < entry.valid_until(self._idle_timeout):

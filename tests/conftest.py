@@ -200,9 +200,12 @@ def service_config(database_url: str, certs_url: str, port: int, **overrides: An
         cookie_secure=False,
         # High enough that only the rate-limit tests meet it.
         login_rate_limit=RateLimit(10_000, 60),
-        # Off unless a test asks for it: with it, a change made by plain SQL reaches the
-        # service within 50 ms rather than by the next request (test_session_cache.py).
-        session_cache=False,
+        # On, as in production, but with no freshness window: every answer from memory waits
+        # for a pass over the change log that started after the request arrived, so a change a
+        # test makes by SQL holds at its next request. test_session_cache.py proves the
+        # production window.
+        session_cache=True,
+        session_cache_fresh_for=0.0,
     )
     return replace(base, **overrides)
 

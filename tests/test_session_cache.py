@@ -51,7 +51,7 @@ async def after_the_bound() -> None:
 @pytest.fixture
 async def service(start_service: Any) -> Service:
     """The service as production runs it, with the session cache."""
-    started: Service = await start_service(session_cache=True)
+    started: Service = await start_service(session_cache=True, session_cache_fresh_for=FRESH_FOR)
     return started
 
 
@@ -70,7 +70,7 @@ async def cache_backend(db: asyncpg.Pool) -> int:
 async def test_a_cached_session_is_answered_from_memory(
     start_service: Any, issuer: Issuer, db: asyncpg.Pool
 ) -> None:
-    cached = await start_service(session_cache=True)
+    cached = await start_service(session_cache=True, session_cache_fresh_for=FRESH_FOR)
     uncached = await start_service(session_cache=False)
     browsers = [
         await signed_in(cached, issuer, "ada@gmail.com"),
