@@ -53,7 +53,9 @@ ADMIN_EMAIL = "soak-admin@gmail.com"
 WINDOW = 60.0
 LEAD = 2
 MARGIN = 1.25
-SIGN_IN_CONCURRENCY = 32  # the harness's own sign-ins (the sessions logouts end) in flight
+# The harness's own sign-ins (the sessions logouts end) in flight at once, beside wrk's
+# connections: under the soak's load a sign-in takes about a second.
+SIGN_IN_CONCURRENCY = 64
 GROWTH_LIMIT = 0.10
 END_SAMPLES = 3  # the last samples, averaged, are compared with the first after the warm-up
 AFTER_PAUSE = 5.0  # seconds between wrk's end and the last sample, the service idle
@@ -217,6 +219,9 @@ class Feeder:
         self.emails = [f"soak-login-{i:03d}@gmail.com" for i in range(SIGN_IN_USERS)]
         self.windows: list[dict[str, Any]] = []
         self.statuses: Counter[str] = Counter()  # of the harness's sign-ins
+        # Sign-ins wait here rather than in the client's connection queue, whose wait would
+        # count against the client's timeout: only a sign-in sent can fail.
+        self.in_flight = asyncio.Semaphore(SIGN_IN_CONCURRENCY)
 
     @staticmethod
     def wanted(rps: float, kind: str) -> int:
@@ -250,10 +255,12 @@ class Feeder:
         """Sign in with one pre-minted pair, as soak.lua does; the new session's token."""
         cookie, credential = pair.split(" ", 1)
         headers = {"Origin": self.base, "Cookie": cookie}
+        url = f"{self.base}/api/login"
         try:
-            async with self.client.post(
-                f"{self.base}/api/login", json={"credential": credential}, headers=headers
-            ) as response:
+            async with (
+                self.in_flight,
+                self.client.post(url, json={"credential": credential}, headers=headers) as response,
+            ):
                 await response.read()
                 self.statuses[str(response.status)] += 1
                 morsel = response.cookies.get(run.SESSION_COOKIE)
@@ -604,6 +611,7 @@ async def soak_main(settings: Settings) -> dict[str, Any]:
             "checked_sessions": CHECKED_USERS,
             "sign_in_users": SIGN_IN_USERS,
             "feed_window_s": WINDOW,
+            "harness_sign_ins_in_flight": SIGN_IN_CONCURRENCY,
             "wrk_timeout_s": 2,  # wrk's default: a slower answer counts as a timeout
             "service_dir": str(settings.service_dir),
             "passed_through": {k: os.environ[k] for k in run.PASSED_THROUGH if k in os.environ},
@@ -646,7 +654,9 @@ def as_markdown(results: dict[str, Any]) -> str:
         f"# Soak: {'passed' if passed else '**failed**'}",
         "",
         f"{results['date']}, `python -m bench.soak`: wrk `-t{settings['threads']} "
-        f"-c{settings['connections']}` for {settings['duration_s']:g} s of mixed traffic against "
+        f"-c{settings['connections']}` (and up to {settings['harness_sign_ins_in_flight']} "
+        "sign-ins of the harness's own at once) for "
+        f"{settings['duration_s']:g} s of mixed traffic against "
         f"`python -m service serve` (gunicorn, WORKERS={settings['workers']}, session cache on) "
         "on a fresh database; RSS and throughput sampled every "
         f"{settings['interval_s']:g} s. wrk, the service, Postgres and the harness share the "

@@ -227,3 +227,16 @@ async def test_the_cache_forgets_a_user_whose_last_session_went(
         assert await cache.start()  # a pass reads the change
         assert cache.size == left
     await cache.close()
+
+
+async def test_a_session_answered_from_memory_is_kept_alive_in_postgres(
+    start_service: Any, issuer: Issuer, db: asyncpg.Pool
+) -> None:
+    service = await start_service(session_idle_timeout=2)  # last_seen_at written every second
+    browser = await signed_in(service, issuer)
+    written = await db.fetchval("SELECT last_seen_at FROM sessions")
+
+    await asyncio.sleep(1.1)
+    assert (await browser.get("/api/user")).status == 200
+
+    assert await db.fetchval("SELECT last_seen_at FROM sessions") > written
