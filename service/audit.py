@@ -42,7 +42,7 @@ async def record(
 
 
 async def record_failed_login(
-    pool: asyncpg.Pool,
+    conn: asyncpg.Connection | asyncpg.Pool,
     *,
     ip: str | None,
     user_agent: str,
@@ -55,9 +55,9 @@ async def record_failed_login(
     The same failure is one from the same source (whose login budget it spent: an IPv4
     address or an IPv6 network) for the same email, with the same error. Anonymous clients can
     fail as often as their budget lets them; counting repeats on one row keeps what they can
-    make the table grow by small. One statement, one commit.
+    make the table grow by small. One statement.
     """
-    await pool.execute(
+    await conn.execute(
         """
         WITH recent AS (
             UPDATE auth_events SET detail = detail || jsonb_build_object(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
 from aiohttp import web
@@ -25,21 +25,31 @@ PURGE_INTERVAL = 60.0
 
 
 async def purge_forever(pool: asyncpg.Pool, config: Config, *, every: float) -> None:
+    changes = session_cache.ChangeLogPurge()
+
+    async def purge_sessions() -> None:
+        if purged := await sessions.purge_expired(pool, idle_timeout=config.session_idle_timeout):
+            log.info("purged %d expired sessions", purged)
+
+    async def purge_events() -> None:
+        if config.audit_retention_days and (
+            events := await audit.purge_older_than(pool, config.audit_retention_days)
+        ):
+            log.info("purged %d auth events past AUDIT_RETENTION_DAYS", events)
+
+    steps: dict[str, Callable[[], Awaitable[None]]] = {
+        "sessions": purge_sessions,
+        "spent nonces": lambda: nonces.purge_spent(pool),
+        "rate budgets": lambda: ratelimit.purge_expired(pool),
+        "session changes": lambda: changes.run(pool),
+        "auth events": purge_events,
+    }
     while True:
-        try:
-            purged = await sessions.purge_expired(pool, idle_timeout=config.session_idle_timeout)
-            await nonces.purge_spent(pool)
-            await ratelimit.purge_expired(pool)
-            await session_cache.purge_changes(pool)
-            if config.audit_retention_days:
-                events = await audit.purge_older_than(pool, config.audit_retention_days)
-                if events:
-                    log.info("purged %d auth events past AUDIT_RETENTION_DAYS", events)
-        except (*DATABASE_UNAVAILABLE, asyncpg.PostgresError) as error:
-            log.warning("purging expired rows failed, will retry: %s", type(error).__name__)
-        else:
-            if purged:
-                log.info("purged %d expired sessions", purged)
+        for name, step in steps.items():  # one failing does not hold up the others
+            try:
+                await step()
+            except (*DATABASE_UNAVAILABLE, asyncpg.PostgresError) as error:
+                log.warning("purging %s failed, will retry: %s", name, type(error).__name__)
         await asyncio.sleep(every)
 
 

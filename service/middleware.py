@@ -57,6 +57,8 @@ class RequestLog:
 
 REQUEST_LOG = web.RequestKey("request_log", RequestLog)
 CURRENT_SESSION = web.RequestKey("current_session", CurrentSession)
+# Set by a handler that changed sessions or users (a logout, a revocation, a sign-in).
+SESSIONS_CHANGED = web.RequestKey("sessions_changed", bool)
 
 
 @web.middleware
@@ -154,10 +156,8 @@ async def session(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await _with_session(request, handler)
     finally:
-        config = request.config_dict[CONFIG]
-        if request.method in UNSAFE_METHODS and config.session_cookie_name in request.cookies:
-            # It may have changed sessions (a logout, a revocation, a sign-in replacing one):
-            # this worker's next answer from memory waits until it has read that change.
+        if request.get(SESSIONS_CHANGED):
+            # This worker's next answer from memory waits until it has read that change.
             request.config_dict[SESSION_CACHE].changed()
 
 

@@ -15,10 +15,10 @@ the pool), and shared by every request waiting for one: an idle worker reads not
 at most one pass per FRESH_FOR. A pass is one read-only SELECT: no transaction id, no LISTEN, so
 it works through PgBouncer in transaction mode.
 
-Which rows a pass reads: sequence values can commit out of order, so a pass asks for the rows of
-every transaction at or after the xmin of the previous pass's snapshot (every transaction before
-it had ended, and its rows were visible to that pass). Rows may be read twice; dropping twice is
-harmless.
+Which rows a pass reads: sequence values can commit out of order, so a pass asks for the rows
+of every transaction that the previous pass's snapshot did not see as committed (from that
+snapshot's xmin, below which every transaction had ended). A transaction that stays open
+elsewhere does not make passes read the same rows again.
 
 It fails closed. A pass that fails or takes longer than PASS_TIMEOUT empties the cache; the
 request is answered from Postgres, and the connection is made again at a later request. An entry
@@ -28,6 +28,7 @@ lives at most MAX_AGE seconds and never past its session's absolute or idle expi
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import math
@@ -49,21 +50,24 @@ FRESH_FOR = Config.session_cache_fresh_for  # seconds; see Config
 PASS_TIMEOUT = 1.0
 RECONNECT_AFTER = 1.0  # after a failed pass, requests go to Postgres this long before a retry
 MAX_AGE = 60.0  # less than CHANGES_KEPT: an entry never outlives the news of its changes
-CHANGES_KEPT = 300  # seconds the change log keeps a row
+CHANGES_KEPT = 300  # seconds the change log keeps the rows of a transaction after it ended
 MAX_ENTRIES = 100_000
 SWEEP_EVERY = 10.0
 APPLICATION_NAME = "session-cache"
 
-# One snapshot for the horizon and the rows: the rows of every transaction not known to have
-# ended at the previous pass. The first pass after connecting reads none ($1 is NULL): the
-# cache is empty then.
+# The rows of every transaction that the previous pass's snapshot ($1, as text) did not see
+# committed, read in one snapshot whose text is the next pass's $1. The first pass after
+# connecting reads none ($1 is NULL): the cache is empty then.
 _READ_CHANGES = """
-SELECT pg_snapshot_xmin(pg_current_snapshot()) AS horizon,
-       array(SELECT token_hash FROM session_changes
-             WHERE xid >= $1 AND token_hash IS NOT NULL) AS tokens,
-       array(SELECT user_id FROM session_changes WHERE xid >= $1 AND user_id IS NOT NULL) AS users,
-       EXISTS (SELECT FROM session_changes
-               WHERE xid >= $1 AND token_hash IS NULL AND user_id IS NULL) AS everything
+WITH unseen AS (
+    SELECT token_hash, user_id FROM session_changes
+    WHERE xid >= pg_snapshot_xmin($1::text::pg_snapshot)
+      AND NOT pg_visible_in_snapshot(xid, $1::text::pg_snapshot)
+)
+SELECT pg_current_snapshot()::text AS snapshot,
+       array(SELECT token_hash FROM unseen WHERE token_hash IS NOT NULL) AS tokens,
+       array(SELECT user_id FROM unseen WHERE user_id IS NOT NULL) AS users,
+       EXISTS (SELECT FROM unseen WHERE token_hash IS NULL AND user_id IS NULL) AS everything
 """
 
 
@@ -91,7 +95,7 @@ class SessionCache:
         self._entries: dict[bytes, _Entry] = {}
         self._by_user: dict[int, set[bytes]] = {}
         self._conn: asyncpg.Connection | None = None
-        self._horizon: int | None = None  # the previous pass's snapshot xmin
+        self._horizon: str | None = None  # the previous pass's snapshot, as text
         self._pass: asyncio.Task[bool] | None = None
         self._proven_at = -math.inf  # when the newest completed pass started
         self._changed_at = -math.inf  # when this worker last answered a request that changed one
@@ -174,6 +178,11 @@ class SessionCache:
         finally:
             self._pass = None
         assert row is not None
+        if self._horizon is not None and _xmin(row["snapshot"]) < _xmin(self._horizon):
+            # Transaction ids went back: another cluster (a restored backup behind the same
+            # address). Nothing read before can be trusted.
+            self._reset("the database's transaction ids went back")
+            return False
         if row["everything"]:
             self._clear()
         elif row["tokens"] or row["users"]:
@@ -183,7 +192,7 @@ class SessionCache:
             for user_id in row["users"]:
                 for token_hash in self._by_user.pop(user_id, set()):
                     self._entries.pop(token_hash, None)
-        self._horizon = row["horizon"]
+        self._horizon = row["snapshot"]
         self._proven_at = max(self._proven_at, started)
         self._sweep()
         return True
@@ -262,11 +271,31 @@ class SessionCache:
             self._conn = None
 
 
-async def purge_changes(pool: asyncpg.Pool) -> None:
-    """Forget changes older than any cache entry can be (the log is only news)."""
-    await pool.execute(
-        "DELETE FROM session_changes WHERE at < now() - make_interval(secs => $1)", CHANGES_KEPT
-    )
+def _xmin(snapshot: str) -> int:
+    return int(snapshot.partition(":")[0])
+
+
+class ChangeLogPurge:
+    """Deletes the rows of transactions that ended more than CHANGES_KEPT seconds ago.
+
+    By transaction, not by a timestamp: a transaction left open for an hour before it commits
+    a revocation must still have its row read. Each run notes the snapshot xmin (every
+    transaction below it has ended); rows below an xmin noted CHANGES_KEPT ago go. An entry
+    lives at most MAX_AGE, so no cache needs them any more.
+    """
+
+    def __init__(self) -> None:
+        self._noted: collections.deque[tuple[float, int]] = collections.deque()
+
+    async def run(self, pool: asyncpg.Pool) -> None:
+        now = time.monotonic()
+        xmin: int = await pool.fetchval("SELECT pg_snapshot_xmin(pg_current_snapshot())")
+        self._noted.append((now, xmin))
+        ended_long_ago = None
+        while self._noted and self._noted[0][0] <= now - CHANGES_KEPT:
+            ended_long_ago = self._noted.popleft()[1]
+        if ended_long_ago is not None:
+            await pool.execute("DELETE FROM session_changes WHERE xid < $1", ended_long_ago)
 
 
 SESSION_CACHE = web.AppKey("session_cache", SessionCache)

@@ -116,8 +116,10 @@ async def test_many_sql_revocations_in_a_row_are_each_refused(
 
 
 async def test_this_workers_own_revocations_hold_at_the_very_next_request(
-    service: Service, issuer: Issuer, db: asyncpg.Pool
+    start_service: Any, issuer: Issuer, db: asyncpg.Pool
 ) -> None:
+    # A window so long that only the worker's knowing about its own change can explain a 401.
+    service = await start_service(session_cache_fresh_for=3600)
     ada = await signed_in(service, issuer)
     ada_elsewhere = twin(ada, service)
     assert (await ada.post("/api/logout")).status == 204
@@ -130,7 +132,8 @@ async def test_this_workers_own_revocations_hold_at_the_very_next_request(
     bob_session = (await (await bob.get("/api/me")).json())["session"]["id"]
     carol_id = (await (await carol.get("/api/user")).json())["id"]
 
-    await after_the_bound()  # the promotion above was plain SQL
+    # The promotion was plain SQL: it held once a pass started after it, which the sign-ins
+    # since (changes of this worker's own) made sure of.
     assert (await admin.request("DELETE", f"/api/admin/sessions/{bob_session}")).status == 204
     assert (await bob.get("/api/user")).status == 401
     changed = await admin.request("PATCH", f"/api/admin/users/{carol_id}", json={"disabled": True})
@@ -240,3 +243,21 @@ async def test_a_session_answered_from_memory_is_kept_alive_in_postgres(
     assert (await browser.get("/api/user")).status == 200
 
     assert await db.fetchval("SELECT last_seen_at FROM sessions") > written
+
+
+async def test_a_change_committed_by_a_transaction_open_across_a_pass_is_read(
+    service: Service, issuer: Issuer, db: asyncpg.Pool
+) -> None:
+    """The oldest transaction still open at a pass (the snapshot's xmin itself) commits after
+    it: the next pass must read its row, though its id is below the pass's own."""
+    browser = await signed_in(service, issuer)
+    async with db.acquire() as conn:
+        revoking = conn.transaction()
+        await revoking.start()
+        await conn.execute("DELETE FROM sessions")  # takes a transaction id, commits later
+        await after_the_bound()
+        assert (await browser.get("/api/user")).status == 200  # a pass while it is open
+        await revoking.commit()
+    await after_the_bound()
+
+    assert (await browser.get("/api/user")).status == 401

@@ -6,7 +6,7 @@ Create Date: 2026-12-02
 
 Triggers on `sessions` and `users` append to `session_changes`, in the transaction that made
 the change, whoever made it (this service, the CLI, plain SQL). Each worker reads the rows of
-transactions it may not have seen yet when it needs to prove its cache fresh (see
+transactions it has not seen yet when it needs to prove its cache fresh (see
 service/session_cache.py). Reading takes no transaction id and needs no LISTEN, so it works
 through PgBouncer in transaction mode, and an idle worker reads nothing at all.
 
@@ -15,13 +15,10 @@ changed or went (`user_id`), or neither: then every cache forgets everything (a 
 statement ending more than 10,000 sessions, such as signing everyone out). Writes of
 `last_seen_at` alone, and sign-ins that change nothing a cache holds, log nothing.
 
-The table is UNLOGGED: it is only news for caches, and after a crash every worker reconnects
-and starts with an empty cache anyway.
+The table is logged like any other, so a crash or a failover keeps what it says as it keeps the
+changes themselves. 0003's NOTIFY triggers stay for now: replicas still running the version
+before this one rely on them until they are replaced (a later migration drops them).
 """
-
-import importlib.util
-from pathlib import Path
-from types import ModuleType
 
 from alembic import op
 
@@ -31,29 +28,17 @@ branch_labels = None
 depends_on = None
 
 UPGRADE = (
-    # The old way: a NOTIFY per change, and heartbeats through Postgres.
-    "DROP TRIGGER user_changed ON users",
-    "DROP TRIGGER user_deleted ON users",
-    "DROP FUNCTION notify_user_changed()",
-    "DROP TRIGGER users_truncated ON users",
-    "DROP TRIGGER sessions_truncated ON sessions",
-    "DROP FUNCTION notify_sessions_flushed()",
-    "DROP TRIGGER session_changed ON sessions",
-    "DROP FUNCTION notify_session_changed()",
-    "DROP TRIGGER sessions_deleted ON sessions",
-    "DROP FUNCTION notify_sessions_deleted()",
     """
-    CREATE UNLOGGED TABLE session_changes (
+    CREATE TABLE session_changes (
         id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
         xid xid8 NOT NULL DEFAULT pg_current_xact_id(),
-        at timestamptz NOT NULL DEFAULT now(),
         token_hash bytea,
         user_id bigint
     )
     """,
-    # Readers ask for the rows of transactions at or after a snapshot's xmin.
+    # Readers ask for the rows of transactions at or after a snapshot's xmin, and the purge
+    # deletes those of transactions that ended long ago.
     "CREATE INDEX session_changes_xid_idx ON session_changes (xid)",
-    "CREATE INDEX session_changes_at_idx ON session_changes (at)",
     """
     CREATE FUNCTION log_sessions_ended() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
@@ -71,6 +56,9 @@ UPGRADE = (
     REFERENCING OLD TABLE AS ended
     FOR EACH STATEMENT EXECUTE FUNCTION log_sessions_ended()
     """,
+    # Per row (a trigger with a column list cannot see a statement's rows); a bulk UPDATE logs
+    # a row per session, which a cache reads once (or, if too many to read in time, starts
+    # afresh: it fails closed).
     """
     CREATE FUNCTION log_session_changed() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
@@ -80,9 +68,13 @@ UPGRADE = (
     $$
     """,
     """
-    CREATE TRIGGER session_changed
-    AFTER UPDATE OF token_hash, user_id, expires_at, created_at ON sessions
-    FOR EACH ROW EXECUTE FUNCTION log_session_changed()
+    CREATE TRIGGER session_changed_logged
+    AFTER UPDATE OF token_hash, user_id, expires_at, created_at ON sessions FOR EACH ROW
+    WHEN (
+        (OLD.token_hash, OLD.user_id, OLD.expires_at, OLD.created_at)
+        IS DISTINCT FROM (NEW.token_hash, NEW.user_id, NEW.expires_at, NEW.created_at)
+    )
+    EXECUTE FUNCTION log_session_changed()
     """,
     """
     CREATE FUNCTION log_user_changed() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -93,11 +85,11 @@ UPGRADE = (
     $$
     """,
     """
-    CREATE TRIGGER user_deleted AFTER DELETE ON users
+    CREATE TRIGGER user_deleted_logged AFTER DELETE ON users
     FOR EACH ROW EXECUTE FUNCTION log_user_changed()
     """,
     """
-    CREATE TRIGGER user_changed AFTER UPDATE ON users FOR EACH ROW
+    CREATE TRIGGER user_changed_logged AFTER UPDATE ON users FOR EACH ROW
     WHEN (
         (OLD.email, OLD.name, OLD.picture, OLD.admin, OLD.disabled)
         IS DISTINCT FROM (NEW.email, NEW.name, NEW.picture, NEW.admin, NEW.disabled)
@@ -113,23 +105,23 @@ UPGRADE = (
     $$
     """,
     """
-    CREATE TRIGGER sessions_truncated AFTER TRUNCATE ON sessions
+    CREATE TRIGGER sessions_truncated_logged AFTER TRUNCATE ON sessions
     FOR EACH STATEMENT EXECUTE FUNCTION log_everything_changed()
     """,
     """
-    CREATE TRIGGER users_truncated AFTER TRUNCATE ON users
+    CREATE TRIGGER users_truncated_logged AFTER TRUNCATE ON users
     FOR EACH STATEMENT EXECUTE FUNCTION log_everything_changed()
     """,
 )
 
 DOWNGRADE = (
-    "DROP TRIGGER users_truncated ON users",
-    "DROP TRIGGER sessions_truncated ON sessions",
+    "DROP TRIGGER users_truncated_logged ON users",
+    "DROP TRIGGER sessions_truncated_logged ON sessions",
     "DROP FUNCTION log_everything_changed()",
-    "DROP TRIGGER user_changed ON users",
-    "DROP TRIGGER user_deleted ON users",
+    "DROP TRIGGER user_changed_logged ON users",
+    "DROP TRIGGER user_deleted_logged ON users",
     "DROP FUNCTION log_user_changed()",
-    "DROP TRIGGER session_changed ON sessions",
+    "DROP TRIGGER session_changed_logged ON sessions",
     "DROP FUNCTION log_session_changed()",
     "DROP TRIGGER sessions_ended ON sessions",
     "DROP FUNCTION log_sessions_ended()",
@@ -145,15 +137,3 @@ def upgrade() -> None:
 def downgrade() -> None:
     for statement in DOWNGRADE:
         op.execute(statement)
-    # Back to 0005, whose session caches need 0003's notifying triggers again.
-    for statement in _revision_0003().UPGRADE:
-        op.execute(statement)
-
-
-def _revision_0003() -> ModuleType:
-    path = Path(__file__).with_name("0003_session_change_notifications.py")
-    spec = importlib.util.spec_from_file_location("revision_0003", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module

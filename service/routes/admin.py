@@ -17,7 +17,7 @@ from service import audit, sessions, users
 from service.config import CONFIG
 from service.db import POOL
 from service.errors import Conflict, NotFound
-from service.middleware import CURRENT_SESSION, require_admin
+from service.middleware import CURRENT_SESSION, SESSIONS_CHANGED, require_admin
 from service.payload import (
     MAX_BIGINT,
     MAX_PAGE,
@@ -48,6 +48,7 @@ async def _transaction(request: web.Request) -> AsyncIterator[asyncpg.Connection
     async with request.config_dict[POOL].acquire() as conn, conn.transaction():
         await users.lock_admin_changes(conn, actor_session=request[CURRENT_SESSION].session.id)
         yield conn
+    request[SESSIONS_CHANGED] = True
 
 
 async def _record(conn: asyncpg.Connection, request: web.Request, kind: str, **detail: Any) -> None:

@@ -17,7 +17,7 @@ from service.cookies import (
 )
 from service.db import POOL
 from service.errors import ApiError, BadRequest, Forbidden, Unauthorized
-from service.middleware import REQUEST_LOG
+from service.middleware import REQUEST_LOG, SESSIONS_CHANGED
 from service.payload import client_of, read_json_object, source_of
 
 routes = web.RouteTableDef()
@@ -54,26 +54,43 @@ async def create_login_nonce(request: web.Request) -> web.Response:
 @public
 @rate_limited
 async def login(request: web.Request) -> web.Response:
-    pool = request.config_dict[POOL]
-    client = client_of(request)
     email = None
+    matched: auth.VerifiedToken | None = None  # a token whose nonce this browser holds
     try:
         credential = await _read_credential(request)
         verified = await request.config_dict[VERIFIER].verify(credential)
         email = verified.identity.email
         nonce_cookie = _nonce_cookie_of(request, verified)
+        matched = verified
         user, token = await _sign_in(request, verified)
     except ApiError as error:
-        await audit.record_failed_login(
-            pool, **client, source=source_of(request), error=error.code, email=email
-        )
+        await _refused(request, error, email=email, matched=matched)
         raise
+    request[SESSIONS_CHANGED] = True
     request[REQUEST_LOG].user_id = user.id
     response = web.json_response({"user": user.public()})
     config = request.config_dict[CONFIG]
     set_session_cookie(response, config, token)
     delete_nonce_cookie(response, config, nonce_cookie)
     return response
+
+
+async def _refused(
+    request: web.Request,
+    error: ApiError,
+    *,
+    email: str | None,
+    matched: auth.VerifiedToken | None,
+) -> None:
+    """Record a refused sign-in; a token refused once its nonce matched spends it all the same,
+    in the same commit, so that it can never be tried again (say, once the account is enabled).
+    """
+    async with request.config_dict[POOL].acquire() as conn, conn.transaction():
+        if matched is not None and matched.nonce is not None and error.code != "nonce_replayed":
+            await nonces.spend(conn, matched.nonce, until=matched.expires_at + CLOCK_SKEW)
+        await audit.record_failed_login(
+            conn, **client_of(request), source=source_of(request), error=error.code, email=email
+        )
 
 
 async def _read_credential(request: web.Request) -> str:
@@ -140,6 +157,7 @@ async def logout(request: web.Request) -> web.Response:
         async with request.config_dict[POOL].acquire() as conn, conn.transaction():
             ended = await sessions.invalidate_session_token(conn, token)
             if ended:
+                request[SESSIONS_CHANGED] = True
                 await audit.record(
                     conn, "logout", user_id=ended[1], **client_of(request), session_id=str(ended[0])
                 )

@@ -9,7 +9,7 @@ from service.config import CONFIG
 from service.cookies import delete_session_cookie
 from service.db import POOL
 from service.errors import NotFound
-from service.middleware import CURRENT_SESSION
+from service.middleware import CURRENT_SESSION, SESSIONS_CHANGED
 from service.payload import client_of, path_uuid
 
 routes = web.RouteTableDef()
@@ -43,6 +43,7 @@ async def revoke_my_session(request: web.Request) -> web.Response:
             session_id=str(session_id),
             reason="user",
         )
+    request[SESSIONS_CHANGED] = True
     response = web.Response(status=204)
     if session_id == current.session.id:
         delete_session_cookie(response, request.config_dict[CONFIG])
@@ -65,4 +66,5 @@ async def revoke_my_other_sessions(request: web.Request) -> web.Response:
                 count=revoked,
                 reason="user_revoked_others",
             )
+    request[SESSIONS_CHANGED] = True
     return web.json_response({"revoked": revoked})
