@@ -394,3 +394,21 @@ async def test_sign_in_records_login_ok_with_the_user_and_session(
     assert events[0]["session_id"] == session_id
     assert events[0]["ip"] == "127.0.0.1"
     assert events[0]["user_agent"].startswith("Mozilla/5.0")
+
+
+async def test_a_refused_sign_in_spends_its_nonce_all_the_same(
+    service: Service, issuer: Issuer, db: asyncpg.Pool
+) -> None:
+    browser = service.browser()
+    await browser.sign_in(issuer, email="ada@gmail.com")
+    await db.execute("UPDATE users SET disabled = true")
+    nonce = await browser.new_nonce()
+    credential = issuer.token(email="ada@gmail.com", nonce=nonce)
+
+    refused = await browser.post("/api/login", json={"credential": credential})
+    await assert_error(refused, 403, "user_disabled")
+    # Enabled again, the same token cannot be tried a second time.
+    await db.execute("UPDATE users SET disabled = false")
+    again = await browser.post("/api/login", json={"credential": credential})
+
+    await assert_error(again, 401, "nonce_replayed")
