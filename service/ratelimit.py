@@ -3,7 +3,8 @@
 The generic cell rate algorithm: a limit of N per period lets N attempts through at once, then
 one more every period/N seconds. Each attempt is one upsert of its own client's row, so workers
 and instances agree and different clients never wait for each other. The table is UNLOGGED
-(migration 0007): an attempt's commit waits for no disk, and a crash only forgets budgets.
+(migration 0007): an attempt's commit waits for no disk, and a crash or a failover only
+forgets budgets (every client has its whole budget again).
 """
 
 from __future__ import annotations
