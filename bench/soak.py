@@ -206,7 +206,9 @@ class Feeder:
     (feed/revoke-K.txt) before the window starts.
 
     wrk cannot capture a session from a sign-in's answer (see soak.lua), so the sessions that
-    logouts end are signed in here, through the real POST /api/login, while the soak runs.
+    logouts end are signed in here, through the real POST /api/login, while the soak runs. Pairs
+    only need minting and keep to the schedule; sessions come as fast as the service signs them
+    in, which under the soak's load may be later than their window (soak.lua then sends checks).
     """
 
     def __init__(
@@ -217,32 +219,35 @@ class Feeder:
         self.feed = feed
         self.base = base
         self.emails = [f"soak-login-{i:03d}@gmail.com" for i in range(SIGN_IN_USERS)]
-        self.windows: list[dict[str, Any]] = []
+        self.windows: dict[int, dict[str, Any]] = {}  # what each window got, and when
         self.statuses: Counter[str] = Counter()  # of the harness's sign-ins
         # Sign-ins wait here rather than in the client's connection queue, whose wait would
         # count against the client's timeout: only a sign-in sent can fail.
         self.in_flight = asyncio.Semaphore(SIGN_IN_CONCURRENCY)
+        self.started: float | None = None  # the run's start, once it has one
 
     @staticmethod
     def wanted(rps: float, kind: str) -> int:
         return math.ceil(rps * SHARES[kind] * WINDOW * MARGIN) + 10
 
-    async def produce(self, window: int, rps: float) -> None:
-        started = time.monotonic()
+    async def write_pairs(self, window: int, rps: float) -> None:
         pairs = await self.mint(window, "pairs", self.wanted(rps, "login"))
         await asyncio.to_thread(write_whole, self.feed / f"pairs-{window}.txt", pairs)
+        self.record(window, "pairs", len(pairs), rps)
+
+    async def write_sessions(self, window: int, rps: float) -> None:
         minted = await self.mint(window, "sign-ins", self.wanted(rps, "logout"))
         tokens = [token for token in await asyncio.gather(*map(self.open_session, minted)) if token]
         await asyncio.to_thread(write_whole, self.feed / f"revoke-{window}.txt", tokens)
-        entry = {
-            "window": window,
-            "rps_assumed": round(rps),
-            "pairs": len(pairs),
-            "sessions_to_revoke": len(tokens),
-            "seconds": round(time.monotonic() - started, 1),
-        }
-        self.windows.append(entry)
-        log(f"feed: window {window} ready: {entry}")
+        self.record(window, "sessions", len(tokens), rps)
+
+    def record(self, window: int, kind: str, count: int, rps: float) -> None:
+        entry = self.windows.setdefault(window, {"window": window})
+        entry[kind] = count
+        entry[f"{kind}_rps_assumed"] = round(rps)
+        if self.started is not None:  # negative: ready before the window began
+            entry[f"{kind}_late_s"] = round(time.time() - self.started - window * WINDOW, 1)
+        log(f"feed: window {window}: {count} {kind} for {rps:,.0f} rps")
 
     async def mint(self, window: int, name: str, count: int) -> list[str]:
         """`count` "cookie token" pairs, minted now by bench.run's minter processes."""
@@ -269,11 +274,32 @@ class Feeder:
             self.statuses[type(error).__name__] += 1
             return None
 
-    async def during(self, started: float, duration: float, rate: Callable[[], float]) -> None:
-        """The windows after the first LEAD, each made LEAD windows before it starts."""
-        for window in range(LEAD, math.ceil(duration / WINDOW)):
-            await sleep_until(started + (window - LEAD) * WINDOW)
-            await self.produce(window, rate())
+    async def before(self, rps: float) -> None:
+        """The first LEAD windows, before wrk starts."""
+        for window in range(LEAD):
+            await self.write_pairs(window, rps)
+            await self.write_sessions(window, rps)
+
+    async def during(
+        self,
+        started: float,
+        duration: float,
+        peak: Callable[[], float],
+        recent: Callable[[], float],
+    ) -> None:
+        """The later windows: pairs for the peak rate so far (they are cheap), sessions for
+        the recent one; each kind LEAD windows ahead of its window, or as soon as it can."""
+        self.started = started
+        windows = range(LEAD, math.ceil(duration / WINDOW))
+
+        async def each_window(make: Callable[[int, float], Any], rate: Callable[[], float]) -> None:
+            for window in windows:
+                await sleep_until(started + (window - LEAD) * WINDOW)
+                await make(window, rate())
+
+        await asyncio.gather(
+            each_window(self.write_pairs, peak), each_window(self.write_sessions, recent)
+        )
 
     def failures(self) -> int:
         return sum(count for status, count in self.statuses.items() if status != "200")
@@ -369,15 +395,22 @@ class Sampler:
             await sleep_until(started + t)
             await self.take(t, "load")
 
-    def rate(self, default: float) -> Callable[[], float]:
-        """The higher requests per second of the last two samples under load (`default` before
-        one): a dip in one interval should not starve the next window of sign-ins."""
+    def rates(self, default: float) -> tuple[Callable[[], float], Callable[[], float]]:
+        """The highest requests per second under load so far, and the higher of the last two
+        samples (a dip in one interval should not starve the next window); `default` before
+        the first sample."""
+
+        def measured() -> list[float]:
+            rates = [s["rps"] for s in self.samples if s["phase"] == "load" and s["rps"]]
+            return rates or [default]
+
+        def peak() -> float:
+            return max(measured())
 
         def recent() -> float:
-            under_load = [s["rps"] for s in self.samples if s["phase"] == "load" and s["rps"]]
-            return max(under_load[-2:]) if under_load else default
+            return max(measured()[-2:])
 
-        return recent
+        return peak, recent
 
 
 # -- the soak ----------------------------------------------------------------------------------
@@ -387,8 +420,7 @@ async def soak(
     settings: Settings, service: Service, sampler: Sampler, feeder: Feeder, feed: Path
 ) -> tuple[WrkRun, float]:
     """The wrk run, with the sampler and the feeder alongside; the run and its start (epoch s)."""
-    for window in range(LEAD):
-        await feeder.produce(window, settings.expected_rps)
+    await feeder.before(settings.expected_rps)
     await sampler.take(0.0, "before")
     # Whole seconds, as soak.lua's os.time(): a window starts on the second for both.
     started = float(int(time.time()))
@@ -415,8 +447,8 @@ async def soak(
             )
         )
         group.create_task(sampler.during(started, settings.duration, settings.interval))
-        rate = sampler.rate(settings.expected_rps)
-        group.create_task(feeder.during(started, settings.duration, rate))
+        peak, recent = sampler.rates(settings.expected_rps)
+        group.create_task(feeder.during(started, settings.duration, peak, recent))
     await asyncio.sleep(AFTER_PAUSE)
     await sampler.take(time.time() - started, "after")
     return load.result(), started
@@ -620,7 +652,7 @@ async def soak_main(settings: Settings) -> dict[str, Any]:
         "traffic": counts,
         "wrk": wrk_summary,
         "harness_sign_ins": dict(feeder.statuses),
-        "feed_windows": feeder.windows,
+        "feed_windows": list(feeder.windows.values()),
         "memory": memory,
         "processes": {"master": sampler.master, "workers": sampler.workers},
         "samples": sampler.samples,
@@ -696,9 +728,10 @@ def as_markdown(results: dict[str, Any]) -> str:
         f"{errors['unmatched_kinds']}, harness sign-ins failed "
         f"{errors['harness_sign_ins_failed']}.",
         f"- the harness's own sign-ins (the sessions logouts end): "
-        f"{results['harness_sign_ins']}; feed windows of {settings['feed_window_s']:g} s: "
+        f"{results['harness_sign_ins']}; feed windows of {settings['feed_window_s']:g} s "
+        "(pairs, sessions, and how late the sessions were, s): "
         + "; ".join(
-            f"{w['window']}: {w['pairs']} pairs, {w['sessions_to_revoke']} sessions"
+            f"{w['window']}: {w.get('pairs')}, {w.get('sessions')}, {w.get('sessions_late_s', '-')}"
             for w in results["feed_windows"]
         )
         + ".",

@@ -121,8 +121,10 @@ class SessionCache:
                     await sessions.touch(self._pool, entry.current.session.id)
                     entry.touched_at = now
                 return entry.current
-        if self._horizon is None:
-            self.start()  # so that later lookups can keep what they read
+        if self._horizon is None and (task := self.start()) is not None:
+            # No pass yet (just started, or just reconnected): one sets the horizon, without
+            # which nothing read now could be kept.
+            await asyncio.shield(task)
         version, following = self._version, self._horizon is not None
         now = time.monotonic()
         check = await sessions.validate_session_token(
