@@ -68,3 +68,10 @@ $(BENCH_INSTALLED): $(INSTALLED) pyproject.toml
 
 bench: $(BENCH_INSTALLED) $(FRONTEND) $(WRK)
 	$(BIN)/python -m bench.run
+
+# make soak: 1,000 connections of mixed traffic for 10 minutes against the production server,
+# sampling every worker's memory; writes bench/results/soak.{md,json,png}. Never part of
+# `make test`.
+.PHONY: soak
+soak: $(BENCH_INSTALLED) $(WRK)
+	$(BIN)/python -m bench.soak

@@ -448,7 +448,10 @@ async def soak(
         )
         group.create_task(sampler.during(started, settings.duration, settings.interval))
         peak, recent = sampler.rates(settings.expected_rps)
-        group.create_task(feeder.during(started, settings.duration, peak, recent))
+        feeding = group.create_task(feeder.during(started, settings.duration, peak, recent))
+        # Sessions still being signed in when wrk stops are for nobody: stop, so that the last
+        # sample sees the service idle.
+        load.add_done_callback(lambda _: feeding.cancel())
     await asyncio.sleep(AFTER_PAUSE)
     await sampler.take(time.time() - started, "after")
     return load.result(), started
