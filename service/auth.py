@@ -25,6 +25,7 @@ from google.auth import jwt
 
 from service.config import CONFIG, Config
 from service.errors import ServiceUnavailable, Unauthorized
+from service.payload import storable
 
 log = logging.getLogger(__name__)
 
@@ -237,8 +238,8 @@ class TokenVerifier:
                 email=claims["email"],
                 email_verified=True,
                 hosted_domain=hosted_domain if isinstance(hosted_domain, str) else None,
-                name=str(claims.get("name") or ""),
-                picture=str(claims.get("picture") or ""),
+                name=_storable_or_empty(claims.get("name")),
+                picture=_storable_or_empty(claims.get("picture")),
             ),
             nonce=nonce if isinstance(nonce, str) else None,
             expires_at=float(claims["exp"]),
@@ -269,6 +270,11 @@ def _unauthorized(message: str) -> Unauthorized:
     return Unauthorized("malformed_token", "The credential is not a valid ID token.")
 
 
+def _storable_or_empty(value: Any) -> str:
+    text = str(value or "")
+    return text if storable(text) else ""
+
+
 def _check_claims(claims: Mapping[str, Any]) -> None:
     if claims.get("iss") not in GOOGLE_ISSUERS:
         raise Unauthorized("invalid_issuer", "The sign-in token was not issued by Google.")
@@ -279,8 +285,9 @@ def _check_claims(claims: Mapping[str, Any]) -> None:
     if isinstance(exp, bool) or not isinstance(exp, int | float) or not 0 < exp < MAX_EXP:
         raise Unauthorized("malformed_token", "The sign-in token has no valid exp.")
     for name in ("sub", "email"):
-        if not isinstance(claims.get(name), str) or not claims[name]:
-            raise Unauthorized("malformed_token", f"The sign-in token has no {name}.")
+        # Google's never hold NUL or lone surrogates; Postgres text could not store them.
+        if not isinstance(claims.get(name), str) or not claims[name] or not storable(claims[name]):
+            raise Unauthorized("malformed_token", f"The sign-in token has no valid {name}.")
     if claims.get("email_verified") is not True:
         raise Unauthorized("email_not_verified", "Google has not verified this email address.")
 

@@ -26,7 +26,7 @@ def _whole_number(raw: str) -> int | None:
     return int(raw)
 
 
-def _storable(text: str) -> bool:
+def storable(text: str) -> bool:
     """Postgres text holds neither NUL nor a lone surrogate."""
     return "\x00" not in text and text.encode(errors="replace").decode() == text
 
@@ -79,7 +79,7 @@ def query_int(request: web.Request, name: str, default: int, *, low: int, high: 
 
 def query_text(request: web.Request, name: str, *, max_length: int = 200) -> str | None:
     raw = request.query.get(name, "").strip()
-    if len(raw) > max_length or not _storable(raw):
+    if len(raw) > max_length or not storable(raw):
         raise BadRequest(
             f"invalid_{name}", f"'{name}' must be text of at most {max_length} characters."
         )
@@ -108,7 +108,7 @@ def text_field(body: dict[str, Any], name: str, *, max_length: int, required: bo
     if (
         not isinstance(value, str)
         or not 1 <= len(value.strip()) <= max_length
-        or not _storable(value)
+        or not storable(value)
     ):
         raise BadRequest(
             f"invalid_{name}", f"'{name}' must be text of 1 to {max_length} characters."

@@ -383,6 +383,26 @@ async def test_concurrent_replays_of_one_token_sign_in_exactly_once(
 
 
 @pytest.mark.parametrize(
+    "email", ["a\u0000b@gmail.com", "\ud800@gmail.com"], ids=["nul", "lone_surrogate"]
+)
+async def test_a_token_whose_email_postgres_cannot_store_is_malformed_not_a_500(
+    browser: Browser, issuer: Issuer, db: asyncpg.Pool, email: str
+) -> None:
+    response, _ = await attempt(browser, issuer, email=email)
+
+    await assert_refused(response, db, 401, "malformed_token")
+
+
+async def test_a_name_or_picture_postgres_cannot_store_is_left_out(
+    browser: Browser, issuer: Issuer, db: asyncpg.Pool
+) -> None:
+    response, _ = await attempt(browser, issuer, name="Ada\u0000", picture="\ud800")
+
+    await assert_accepted(response, "someone@gmail.com")
+    assert tuple(await db.fetchrow("SELECT name, picture FROM users")) == ("", "")
+
+
+@pytest.mark.parametrize(
     "credential",
     [
         "not-a-token",
