@@ -67,7 +67,7 @@ def mint_pairs(private_pem: bytes, emails: list[str], start: int, count: int) ->
     for index in range(start, start + count):
         secret = secrets.token_urlsafe(32)
         token = mint(key, emails[index % len(emails)], nonce_for(secret))
-        name = f"login_nonce_{int(time.time() * 1000):x}_{secrets.token_hex(3)}"
+        name = f"login_nonce_{int(time.time() * 1_000_000):x}_{secrets.token_hex(3)}"
         lines.append(f"{name}={secret} {token}")
     return lines
 

@@ -23,8 +23,11 @@ _COOKIE_ID = re.compile(r"[0-9a-f]{1,16}_[0-9a-f]{6}")
 
 
 def new_cookie_id(now: float) -> str:
-    """The part of a nonce cookie's name after its prefix: the issue time (ms, hex) and noise."""
-    return f"{int(now * 1000):x}_{secrets.token_hex(3)}"
+    """What follows the prefix in a nonce cookie's name: the issue time and noise.
+
+    In microseconds, so that a browser's nonces are ordered (the oldest are the ones let go).
+    """
+    return f"{int(now * 1_000_000):x}_{secrets.token_hex(3)}"
 
 
 def issued_at(cookie_id: str) -> float | None:
@@ -35,7 +38,7 @@ def issued_at(cookie_id: str) -> float | None:
     """
     if _COOKIE_ID.fullmatch(cookie_id) is None:
         return None
-    return int(cookie_id.partition("_")[0], 16) / 1000
+    return int(cookie_id.partition("_")[0], 16) / 1_000_000
 
 
 def generate_nonce_secret() -> str:

@@ -319,7 +319,7 @@ async def test_a_nonce_cookie_too_old_or_misnamed_is_not_accepted(
 ) -> None:
     issued = {"{601 seconds ago}": -601, "{60 seconds ahead}": 60, "{now}": 0}
     for placeholder, offset in issued.items():
-        name = name.replace(placeholder, f"{int((time.time() + offset) * 1000):x}")
+        name = name.replace(placeholder, f"{int((time.time() + offset) * 1_000_000):x}")
     secret = "s" * 43
 
     response = await post_credential(
@@ -334,7 +334,7 @@ async def test_a_nonce_cookie_too_old_or_misnamed_is_not_accepted(
 async def test_cookies_named_like_nonces_but_not_ours_are_ignored_not_a_500(
     browser: Browser, issuer: Issuer, db: asyncpg.Pool
 ) -> None:
-    stamp = f"{int(time.time() * 1000):x}"
+    stamp = f"{int(time.time() * 1_000_000):x}"
     planted = "; ".join(f"login_nonce_{stamp}_a/b{i}=x" for i in range(6))
 
     nonce = await browser.post("/api/login/nonce", headers={"Cookie": planted})
@@ -353,7 +353,7 @@ async def test_a_nonce_issued_by_an_instance_whose_clock_runs_a_little_ahead_is_
     browser: Browser, issuer: Issuer
 ) -> None:
     secret = "s" * 43
-    name = f"login_nonce_{int((time.time() + 20) * 1000):x}_abcdef"
+    name = f"login_nonce_{int((time.time() + 20) * 1_000_000):x}_abcdef"
 
     response = await post_credential(
         browser, issuer.token(nonce=nonce_for(secret)), headers={"Cookie": f"{name}={secret}"}
