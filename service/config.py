@@ -71,6 +71,10 @@ class Config:
     # it from memory: with a request's round trip, the 50 ms promised for revocation. Not a
     # setting (the promise is the product); the tests set 0 to run every check through a pass.
     session_cache_fresh_for: float = 0.040
+    # How long a request waits for a pass before the cache gives up and asks the pool. Not a
+    # setting either; the tests lengthen it so that a busy machine cannot turn the cache off
+    # under a test that proves it answers from memory.
+    session_cache_pass_timeout: float = 1.0
 
     @property
     def client_ids(self) -> tuple[str, ...]:

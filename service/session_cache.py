@@ -20,7 +20,7 @@ of every transaction that the previous pass's snapshot did not see as committed 
 snapshot's xmin, below which every transaction had ended). A transaction that stays open
 elsewhere does not make passes read the same rows again.
 
-It fails closed. A pass that fails or takes longer than PASS_TIMEOUT empties the cache; the
+It fails closed. A pass that fails or outlasts its timeout (1 s; see Config) empties the cache; the
 request is answered from Postgres, and the connection is made again at a later request. An entry
 lives at most MAX_AGE seconds and never past its session's absolute or idle expiry.
 """
@@ -47,7 +47,6 @@ from service.sessions import CurrentSession
 log = logging.getLogger(__name__)
 
 FRESH_FOR = Config.session_cache_fresh_for  # seconds; see Config
-PASS_TIMEOUT = 1.0
 RECONNECT_AFTER = 1.0  # after a failed pass, requests go to Postgres this long before a retry
 MAX_AGE = 60.0  # less than CHANGES_KEPT: an entry never outlives the news of its changes
 CHANGES_KEPT = 300  # seconds the change log keeps the rows of a transaction after it ended
@@ -87,6 +86,7 @@ class SessionCache:
         assert config.database_url is not None
         self.enabled = config.session_cache
         self.fresh_for = config.session_cache_fresh_for
+        self._pass_timeout = config.session_cache_pass_timeout
         self._pool = pool
         self._dsn = config.database_url
         self._statement_cache_size = config.db_statement_cache_size
@@ -169,7 +169,7 @@ class SessionCache:
 
     async def _read_changes(self) -> bool:
         try:
-            async with asyncio.timeout(PASS_TIMEOUT):
+            async with asyncio.timeout(self._pass_timeout):
                 conn = await self._connection()
                 started = time.monotonic()
                 row = await conn.fetchrow(_READ_CHANGES, self._horizon)

@@ -18,6 +18,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from service.config import Config
 from service.session_cache import APPLICATION_NAME, FRESH_FOR, RECONNECT_AFTER, SessionCache
 from service.sessions import hash_token
 from tests.conftest import Browser, Service, service_config
@@ -46,6 +47,9 @@ async def make_the_database_say_idle(db: asyncpg.Pool) -> None:
 
 async def after_the_bound() -> None:
     await asyncio.sleep(FRESH_FOR * 1.2)
+
+
+PASS_TIMEOUT = Config.session_cache_pass_timeout  # production's
 
 
 @pytest.fixture
@@ -190,8 +194,11 @@ async def stall(db: asyncpg.Pool) -> AsyncIterator[Any]:
 
 
 async def test_a_stalled_cache_connection_fails_closed_and_revocations_made_meanwhile_hold(
-    service: Service, issuer: Issuer, db: asyncpg.Pool, stall: Any
+    start_service: Any, issuer: Issuer, db: asyncpg.Pool, stall: Any
 ) -> None:
+    service = await start_service(
+        session_cache_fresh_for=FRESH_FOR, session_cache_pass_timeout=PASS_TIMEOUT
+    )
     ada = await signed_in(service, issuer)
     bob = await signed_in(service, issuer, "bob@gmail.com")
 
@@ -202,7 +209,7 @@ async def test_a_stalled_cache_connection_fails_closed_and_revocations_made_mean
     )
     await after_the_bound()
 
-    # The pass gets no answer: after PASS_TIMEOUT the cache gives up and asks the pool.
+    # The pass gets no answer: after its timeout the cache gives up and asks the pool.
     assert (await ada.get("/api/user")).status == 401
     assert (await bob.get("/api/user")).status == 200
 
