@@ -606,7 +606,9 @@ async def soak_main(settings: Settings) -> dict[str, Any]:
         harness = await stack.enter_async_context(
             aiohttp.ClientSession(
                 cookie_jar=aiohttp.DummyCookieJar(),
-                connector=aiohttp.TCPConnector(limit=SIGN_IN_CONCURRENCY),
+                # Idle connections are dropped before the server's keep-alive (gunicorn's 2 s)
+                # closes them: reusing one the server is closing fails the request in flight.
+                connector=aiohttp.TCPConnector(limit=SIGN_IN_CONCURRENCY, keepalive_timeout=1),
                 timeout=aiohttp.ClientTimeout(total=60),
             )
         )

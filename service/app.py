@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp_cors
 from aiohttp import web
 from aiohttp_remotes import XForwardedStrict
@@ -16,16 +18,16 @@ from service.routes import customers, docs, health, login, sessions, user
 from service.routes.admin import create_admin_app
 from service.session_cache import session_cache_ctx
 
-# Probes must answer straight from the load balancer, with no proxy in between.
-UNPROXIED_PATHS = ("/healthz", "/readyz")
-
 
 def create_app(config: Config) -> web.Application:
     app = web.Application(
-        middlewares=[middleware.access_log, middleware.errors], client_max_size=MAX_BODY_BYTES
+        middlewares=[middleware.access_log, middleware.admission, middleware.errors],
+        client_max_size=MAX_BODY_BYTES,
     )
+    app[middleware.ADMISSION] = asyncio.Semaphore(config.requests_in_flight)
     if config.trusted_proxies:
-        forwarded = XForwardedStrict([config.trusted_proxies], white_paths=UNPROXIED_PATHS)
+        # Probes come straight from the load balancer, with no proxy in between.
+        forwarded = XForwardedStrict([config.trusted_proxies], white_paths=middleware.PROBE_PATHS)
         app.middlewares.append(forwarded.middleware)
     app[CONFIG] = config
     app[health.SCHEMA_HEAD] = schema.head_revision()

@@ -66,6 +66,7 @@ class Config:
     db_acquire_timeout: float = 5.0
     db_statement_timeout: float = 10.0
     shutdown_timeout: int = 10
+    requests_in_flight: int = 64
     session_cache: bool = True
     # How old a pass over the change log may be when a request arrives, for the cache to answer
     # it from memory: with a request's round trip, the 50 ms promised for revocation. Not a
@@ -212,6 +213,7 @@ class Config:
             db_acquire_timeout=reader.seconds("DB_ACQUIRE_TIMEOUT", 5.0, low=0.01, high=600),
             db_statement_timeout=reader.seconds("DB_STATEMENT_TIMEOUT", 10.0, low=0.01, high=3600),
             shutdown_timeout=reader.integer("SHUTDOWN_TIMEOUT", 10, low=1, high=3600),
+            requests_in_flight=reader.integer("REQUESTS_IN_FLIGHT", 64, low=1, high=100_000),
             session_cache=reader.boolean("SESSION_CACHE", True),
         )
 

@@ -112,6 +112,17 @@ async def init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+async def keep_session(conn: asyncpg.Connection) -> None:
+    """Release a connection without asyncpg's reset query (RESET ALL, UNLISTEN *, ...).
+
+    The service leaves no session state behind: no SET, LISTEN, cursor or session-level
+    advisory lock (its advisory locks end with their transaction), as PgBouncer's transaction
+    mode demands anyway. The reset would be one more round trip per acquire, with the
+    connection held from the pool until it returns; asyncpg still rolls back an open
+    transaction before this runs.
+    """
+
+
 async def create_pool(
     dsn: str,
     *,
@@ -134,6 +145,7 @@ async def create_pool(
         max_inactive_connection_lifetime=300.0,
         statement_cache_size=statement_cache_size,
         init=init_connection,
+        reset=keep_session,
         timeout=CONNECT_TIMEOUT,
         command_timeout=statement_timeout,
         connection_class=asyncpg.Connection,

@@ -3,6 +3,7 @@
 Order, outermost first (see `create_app`):
 
     access_log      times and logs every request, whatever happens inside
+    admission       lets at most REQUESTS_IN_FLIGHT requests per worker past, in arrival order
     errors          turns every exception below into JSON {"error", "message"}
     [forwarded]     the client IP from a trusted proxy's X-Forwarded-For (when configured)
     /api only:
@@ -16,6 +17,7 @@ Order, outermost first (see `create_app`):
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -55,6 +57,10 @@ class RequestLog:
     arrived_at: float = field(default_factory=time.monotonic)
 
 
+# Probes answer at once, never behind a queue: a busy worker is not a dead one.
+PROBE_PATHS = ("/healthz", "/readyz")
+
+ADMISSION = web.AppKey("admission", asyncio.Semaphore)
 REQUEST_LOG = web.RequestKey("request_log", RequestLog)
 CURRENT_SESSION = web.RequestKey("current_session", CurrentSession)
 # Set by a handler that changed sessions or users (a logout, a revocation, a sign-in).
@@ -89,6 +95,27 @@ async def access_log(request: web.Request, handler: Handler) -> web.StreamRespon
                 "user_id": entry.user_id,
             },
         )
+
+
+@web.middleware
+async def admission(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Requests past the bound wait their turn here, in the order they arrived.
+
+    Without it, a worker with 500 connections steps 500 requests at once: every await costs a
+    whole turn of the event loop over all of them, so a sign-in's few round trips hold a pooled
+    connection for seconds, and requests that need the pool time out while Postgres idles. A
+    waiting request costs nothing per turn, and every request admitted is itself bounded
+    (DB_ACQUIRE_TIMEOUT, DB_STATEMENT_TIMEOUT, the certs deadline), so each wait is too.
+    """
+    if request.path in PROBE_PATHS:
+        return await handler(request)
+    async with request.config_dict[ADMISSION]:
+        gone = request.transport is None or request.transport.is_closing()
+        if gone and request.method not in UNSAFE_METHODS:
+            # Its client gave up while it waited: nothing is read for no one. A change it asked
+            # for (a logout, say) is still made.
+            return error_response(400, "client_closed", "The client closed the connection.")
+        return await handler(request)
 
 
 @web.middleware

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 import asyncpg
 import pytest
+from aiohttp.test_utils import BaseRunner, TestServer
 
 from service import schema
 from service.app import create_app
@@ -213,9 +214,16 @@ def service_config(database_url: str, certs_url: str, port: int, **overrides: An
     return replace(base, **overrides)
 
 
+class ServedAsInProduction(TestServer):
+    """aiohttp's test server, except that a handler whose client leaves runs on to its end, as
+    under the service's gunicorn worker (the test server would cancel it)."""
+
+    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
+        return await super()._make_runner(**{**kwargs, "handler_cancellation": False})
+
+
 @pytest.fixture
 async def start_service(
-    aiohttp_server: Any,
     unused_tcp_port_factory: Any,
     database_url: str,
     db: asyncpg.Pool,
@@ -223,12 +231,15 @@ async def start_service(
 ) -> AsyncIterator[Any]:
     """Start the real app on a real port; keyword arguments override its Config."""
     services: list[Service] = []
+    servers: list[TestServer] = []
 
     async def start(**overrides: Any) -> Service:
         port = unused_tcp_port_factory()
         url = overrides.pop("database_url", database_url)
         config = service_config(url, issuer.certs_url, port, **overrides)
-        server = await aiohttp_server(create_app(config), port=port, access_log=None)
+        server = ServedAsInProduction(create_app(config), port=port)
+        servers.append(server)
+        await server.start_server(access_log=None)
         service = Service(config, str(server.make_url("")).rstrip("/"))
         services.append(service)
         return service
@@ -237,6 +248,8 @@ async def start_service(
     for service in services:
         for browser in service.browsers:
             await browser.session.close()
+    for server in servers:
+        await server.close()
 
 
 @pytest.fixture

@@ -4,7 +4,9 @@ many clients. Each asserts no 500, no dropped connection, bounded waits and noth
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import os
 import signal
 import tempfile
@@ -22,6 +24,7 @@ import pytest
 from service import schema
 from tests.conftest import Browser
 from tests.issuer import CLIENT_ID, Issuer
+from tests.test_database_faults import wait_until_waiting_for_a_lock
 from tests.test_instances import start_instance, wait_ready
 
 # No request may wait longer than this, whatever fails (a bound, not a speed: see bench/).
@@ -144,6 +147,81 @@ async def test_300_concurrent_requests_on_a_two_connection_pool_all_answer(
     responses = await asyncio.gather(*(browser.get("/api/user") for _ in range(300)))
 
     assert Counter(r.status for r in responses) == {200: 300}
+
+
+# -- a worker's queue: REQUESTS_IN_FLIGHT -----------------------------------------------------
+
+
+@pytest.fixture
+async def one_slot(start_service: Any, issuer: Issuer, db: asyncpg.Pool) -> AsyncIterator[Any]:
+    """A service that admits one request at a time, and that request stuck (a logout waiting
+    for a row lock held here) until the test leaves the block."""
+    service = await start_service(requests_in_flight=1)
+    holder_browser = service.browser()
+    await holder_browser.sign_in(issuer, email="holder@gmail.com")
+
+    @contextlib.asynccontextmanager
+    async def stuck() -> AsyncIterator[asyncio.Task[Any]]:
+        async with db.acquire() as holder, holder.transaction():
+            await holder.execute("SELECT 1 FROM sessions FOR UPDATE")
+            logout = asyncio.create_task(holder_browser.post("/api/logout"))
+            await wait_until_waiting_for_a_lock(db)
+            yield logout
+        assert (await logout).status == 204
+
+    yield service, stuck
+
+
+async def test_requests_past_the_bound_wait_their_turn_and_probes_do_not(
+    one_slot: Any, issuer: Issuer
+) -> None:
+    service, stuck = one_slot
+    ada = service.browser()
+    await ada.sign_in(issuer)
+
+    async with stuck() as logout:
+        check = asyncio.create_task(ada.get("/api/user"))
+        # Unqueued, the check would be answered from memory at once.
+        assert not (await asyncio.wait({check}, timeout=1.0))[0]
+        assert (await service.browser().get("/healthz")).status == 200
+        assert (await service.browser().get("/readyz")).status == 200
+
+    assert logout.done()
+    assert (await check).status == 200
+
+
+async def raw_request_then_leave(service: Any, head: str) -> None:
+    port = int(service.base_url.rsplit(":", 1)[1])
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"{head}Host: 127.0.0.1\r\nContent-Length: 0\r\n\r\n".encode())
+    await writer.drain()
+    await asyncio.sleep(0.1)  # read by the server, and queued
+    writer.close()
+    await writer.wait_closed()
+
+
+async def test_a_read_whose_client_left_while_queued_is_skipped_but_a_logout_is_made(
+    one_slot: Any, issuer: Issuer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="service.access")
+    service, stuck = one_slot
+    ada = service.browser()
+    await ada.sign_in(issuer)
+    cookie = f"Cookie: session_id={ada.cookie('session_id')}\r\n"
+
+    async with stuck():
+        await raw_request_then_leave(service, f"GET /api/user HTTP/1.1\r\n{cookie}")
+        await raw_request_then_leave(
+            service, f"POST /api/logout HTTP/1.1\r\n{cookie}Origin: {service.base_url}\r\n"
+        )
+
+    for _ in range(100):  # both are answered (to no one) once the slot frees
+        lines = [r.getMessage() for r in caplog.records if r.name == "service.access"]
+        if sum(line.startswith("POST /api/logout 204") for line in lines) == 2:  # and stuck()'s
+            break
+        await asyncio.sleep(0.05)
+    assert any(line.startswith("GET /api/user 400") for line in lines), lines
+    assert (await ada.get("/api/user")).status == 401
 
 
 # -- production processes: a killed worker, slow clients, a thousand connections --------------
