@@ -1,32 +1,29 @@
 """`make bench`: the service as production runs it, under wrk, against a real Postgres.
 
 Starts a local Google-like issuer, a fresh database (on 127.0.0.1:5432, or an embedded server
-when nothing listens there) and `python -m service serve` (gunicorn, WORKERS processes); runs
-each scenario with wrk (a warm-up, then several runs; the median run is reported); measures how
-fast a revocation is seen by a second instance; writes bench/results/latest.{md,json,png}.
-Every process it starts and the database are removed at the end, whatever happens.
+when nothing listens there), the floor (a bare aiohttp app served as the service is) and
+`python -m service serve` (gunicorn, WORKERS processes); runs each scenario with wrk (a
+warm-up, then several runs; the median run is reported); measures how fast a revocation is seen
+by a second instance; starts a fleet on a Postgres of its own and measures it idle and revoking;
+writes bench/results/latest.{md,json,png}. Every process it starts and the databases are
+removed at the end, whatever happens.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import atexit
 import contextlib
 import json
-import math
 import multiprocessing
 import os
 import re
 import secrets
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -38,9 +35,17 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 import asyncpg
 
-from bench import cpu, report
-from bench.issuer import CLIENT_ID, Issuer, mint_pairs, nonce_for
+from bench import cpu, fleet, postgres, report, signin
+from bench.browser import SESSION_COOKIE, expect, sign_in
+from bench.console import log
+from bench.instances import REAPER, Service, memory_of
+from bench.issuer import CLIENT_ID, Issuer, mint_pairs
+from bench.revocation import revocation
 from bench.wrk import WrkRun, run_wrk
+
+# bench/soak.py uses these from here.
+__all__ = ["REAPER", "SESSION_COOKIE", "Bench", "Database", "Service", "Settings", "expect"]
+__all__ += ["log", "memory_of", "sign_in"]
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -55,14 +60,8 @@ SERVICE_VARIABLES = (
     *("LOGIN_RATE_LIMIT_IPV6_PREFIX", "AUDIT_RETENTION_DAYS", "SESSION_CACHE"),
 )
 PASSED_THROUGH = ("DB_POOL_SIZE", "DB_STATEMENT_CACHE_SIZE")
-SESSION_COOKIE = "session_id"  # COOKIE_SECURE=false
-NONCE_COOKIE_PREFIX = "login_nonce_"  # one cookie per nonce, named for when it was issued
 BENCH_EMAIL = "bench-user@gmail.com"
-LOGIN_USERS = 1000  # the login scenario signs in as this many different people, in turn
-
-
-def log(message: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+FLOOR = ROOT / "bench" / "floor.py"
 
 
 @dataclass
@@ -81,6 +80,13 @@ class Settings:
     keep_logs: bool = False
     poll_interval: float = 0.001
     revocation_timeout: float = 2.0
+    overload_connections: int = 1000
+    paced_rate: float = 200.0  # sign-ins a second offered by login_paced, in all
+    fleet_instances: int = 4
+    fleet_workers: int = 6
+    fleet_settle: float = 5.0  # seconds between the fleet's start and its idle measurement
+    fleet_idle: float = 60.0  # seconds the idle fleet is measured: every worker purges once
+    fsync_seconds: int = 2  # pg_test_fsync's -s
 
 
 def parse_settings(argv: list[str] | None) -> Settings:
@@ -95,6 +101,19 @@ def parse_settings(argv: list[str] | None) -> Settings:
     parser.add_argument("--trials", type=int, default=int(env("BENCH_TRIALS", "200")))
     parser.add_argument("--big-sessions", type=int, default=1_000_000)
     parser.add_argument(
+        "--overload-connections", type=int, default=1000, help="wrk -c of the *_c1000 scenarios"
+    )
+    parser.add_argument(
+        "--paced-rate", type=float, default=200.0, help="sign-ins/s login_paced offers (200)"
+    )
+    parser.add_argument("--fleet-instances", type=int, default=4)
+    parser.add_argument(
+        "--fleet-workers", type=int, default=6, help="WORKERS of each fleet instance"
+    )
+    parser.add_argument(
+        "--fleet-idle", type=float, default=60.0, help="seconds the idle fleet is measured (60)"
+    )
+    parser.add_argument(
         "--service-dir",
         type=Path,
         default=Path(env("BENCH_SERVICE_DIR", str(ROOT))),
@@ -104,7 +123,8 @@ def parse_settings(argv: list[str] | None) -> Settings:
         "--quick",
         action="store_true",
         default=env("BENCH_QUICK") == "1",
-        help="a smoke run (short, one run, 100k sessions) written to results/quick.*",
+        help="a smoke run (short, one run, 100k sessions, 5 s of idle fleet) written to "
+        "results/quick.*",
     )
     parser.add_argument(
         "--output",
@@ -131,136 +151,19 @@ def parse_settings(argv: list[str] | None) -> Settings:
         service_dir=args.service_dir.resolve(),
         output=args.output,
         keep_logs=args.keep_logs,
+        overload_connections=args.overload_connections,
+        paced_rate=args.paced_rate,
+        fleet_instances=args.fleet_instances,
+        fleet_workers=args.fleet_workers,
+        fleet_idle=args.fleet_idle,
     )
     if not (settings.service_dir / "service" / "__main__.py").is_file():
         parser.error(f"no service package in {settings.service_dir}")
     if args.quick:
         settings.duration, settings.warmup, settings.runs = 3, 1, 1
         settings.trials, settings.big_sessions, settings.output = 20, 100_000, "quick"
+        settings.fleet_settle, settings.fleet_idle, settings.fsync_seconds = 2, 5, 1
     return settings
-
-
-# -- processes: everything started is killed at exit, even when the bench itself fails ---------
-
-
-class Reaper:
-    """Process groups and processes to kill if the orderly shutdown never ran."""
-
-    def __init__(self) -> None:
-        self.groups: set[int] = set()
-        self.pids: set[int] = set()
-        atexit.register(self.kill_all)
-
-    def kill_all(self) -> None:
-        for pid in list(self.pids):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        for group in list(self.groups):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(group, signal.SIGKILL)
-
-
-REAPER = Reaper()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def children_of(pid: int) -> list[int]:
-    children = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # The command name may hold spaces and parentheses: the fields follow the last ')'.
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == pid:
-            children.append(int(entry.name))
-    return sorted(children)
-
-
-def memory_of(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM of a process, in KiB."""
-    values = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        name, _, rest = line.partition(":")
-        if name in ("VmRSS", "VmHWM"):
-            values[name] = int(rest.split()[0])
-    return values
-
-
-class Service:
-    """`python -m service serve` in a process group of its own (gunicorn's master and workers)."""
-
-    def __init__(self, name: str, env: dict[str, str], settings: Settings, logs: Path) -> None:
-        self.name = name
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.env = {**env, "PORT": str(self.port)}
-        self.settings = settings
-        self.log_path = logs / f"service-{name}.log"
-        self.process: asyncio.subprocess.Process | None = None
-
-    async def start(self, client: aiohttp.ClientSession) -> None:
-        with self.log_path.open("ab") as log_file:
-            self.process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "service",
-                "serve",
-                cwd=self.settings.service_dir,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        REAPER.groups.add(self.process.pid)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.process.returncode is not None:
-                raise RuntimeError(f"instance {self.name} exited:\n{self.log_tail()}")
-            with contextlib.suppress(aiohttp.ClientError, OSError):
-                async with client.get(f"{self.base}/readyz") as response:
-                    if response.status == 200:
-                        log(f"instance {self.name} ready on {self.base} (pid {self.process.pid})")
-                        return
-            await asyncio.sleep(0.2)
-        raise RuntimeError(f"instance {self.name} never became ready:\n{self.log_tail()}")
-
-    def workers(self) -> list[int]:
-        return children_of(self.process.pid) if self.process else []
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    async def stop(self) -> int | None:
-        """SIGTERM to the whole group, as an orchestrator would; SIGKILL if it lingers."""
-        process = self.process
-        if process is None:
-            return None
-        if process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), timeout=20)
-            except TimeoutError:
-                log(f"instance {self.name} ignored SIGTERM for 20 s: killing it")
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)  # stragglers of the group, if any
-        await process.wait()
-        REAPER.groups.discard(process.pid)
-        return process.returncode
 
 
 # -- the database ------------------------------------------------------------------------------
@@ -316,52 +219,6 @@ class Database:
                 self.embedded.cleanup()
 
 
-# -- helpers over HTTP -------------------------------------------------------------------------
-
-
-def cookie(client: aiohttp.ClientSession, name: str) -> str | None:
-    for morsel in client.cookie_jar:
-        if morsel.key == name:
-            return morsel.value
-    return None
-
-
-async def sign_in(client: aiohttp.ClientSession, base: str, issuer: Issuer, email: str) -> str:
-    """The browser's flow through the real API: a nonce, a token carrying it, the login."""
-    origin = {"Origin": base}
-    async with client.post(f"{base}/api/login/nonce", headers=origin) as response:
-        assert response.status == 200, await response.text()
-        nonce = (await response.json())["nonce"]
-    secrets_held = [m.value for m in client.cookie_jar if m.key.startswith(NONCE_COOKIE_PREFIX)]
-    if nonce not in [nonce_for(secret) for secret in secrets_held]:
-        raise RuntimeError("the harness's idea of the login nonce differs from the service's")
-    body = {"credential": issuer.token(email, nonce)}
-    async with client.post(f"{base}/api/login", json=body, headers=origin) as response:
-        if response.status != 200:
-            raise RuntimeError(f"sign-in failed: {response.status} {await response.text()}")
-    token = cookie(client, SESSION_COOKIE)
-    assert token is not None, "no session cookie after signing in"
-    return token
-
-
-async def expect(
-    client: aiohttp.ClientSession, url: str, headers: dict[str, str] | None = None
-) -> bytes:
-    async with client.get(url, headers=headers) as response:
-        body = await response.read()
-        if response.status != 200:
-            raise RuntimeError(f"GET {url}: {response.status} {body[:300]!r}")
-        return body
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    """Nearest-rank percentile."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
-
-
 # -- the bench ---------------------------------------------------------------------------------
 
 
@@ -382,21 +239,31 @@ class Bench:
         url: str,
         *,
         connections: int,
+        server: Service | None = None,
         headers: dict[str, str] | None = None,
         login_files: Callable[[float], Awaitable[list[Path]]] | None = None,
         warmup_file: Path | None = None,
+        script: Callable[[Path], tuple[str, list[str]]] | None = None,
+        rank: str = "rps",
         extra: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """A warm-up, then `runs` measured runs; the median run (by rps) is the result."""
+        """A warm-up, then `runs` measured runs; the median run (by `rank`, rps unless told)
+        is the result. `server` is the instance whose CPU per request is reported; `script`
+        gives the Lua script and its arguments for a file of sign-in pairs."""
         settings = self.settings
         started_at = time.time()
 
-        def script(file: Path | None) -> dict[str, Any]:
+        def lua(file: Path | None) -> dict[str, Any]:
             if file is None:
                 return {}
-            origin = url.split("/api/")[0]
-            args = [str(file), str(settings.threads), origin]
-            return {"script": "login.lua", "script_args": args}
+            if script is None:
+                origin = url.split("/api/")[0]
+                return {
+                    "script": "login.lua",
+                    "script_args": [str(file), str(settings.threads), origin],
+                }
+            name, args = script(file)
+            return {"script": name, "script_args": args}
 
         common = {
             "threads": settings.threads,
@@ -404,30 +271,39 @@ class Bench:
             "headers": headers,
             "processes": REAPER.pids,
             "groups": REAPER.groups,
+            "server": server.group if server else None,
         }
         if warmup_file is None:  # a GET: one probe, as wrk will send it, must answer 200
             async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as probe:
                 await expect(probe, url, headers)
-        warm = await run_wrk(url, duration=settings.warmup, **common, **script(warmup_file))
+        warm = await run_wrk(url, duration=settings.warmup, **common, **lua(warmup_file))
         # The login runs' token pools are sized from the warm-up's rate.
         files = await login_files(warm.rps) if login_files else [None] * settings.runs
         runs: list[WrkRun] = []
         for index, file in enumerate(files):
-            run = await run_wrk(url, duration=settings.duration, **common, **script(file))
+            run = await run_wrk(url, duration=settings.duration, **common, **lua(file))
             runs.append(run)
+            cost = run.cpu_us_per_request(run.server_cpu_s)
             log(
                 f"{name} run {index + 1}/{settings.runs}: {run.rps:,.0f} rps, p50 "
-                f"{run.p50_ms:.2f} ms, p99 {run.p99_ms:.2f} ms, errors {run.errors}, other "
-                f"processes {run.other_cpu_s:.1f} CPU-s; busiest worker's share "
+                f"{run.p50_ms:.2f} ms, p99 {run.p99_ms:.2f} ms, errors {run.errors}, "
+                + (f"{cost:,.0f} µs of CPU per request, " if cost is not None else "")
+                + f"other processes {run.other_cpu_s:.1f} CPU-s; busiest worker's share "
                 f"{run.busiest_worker_share}"
                 + (f" ({run.first_failure})" if run.first_failure else "")
             )
-        median = sorted(runs, key=lambda run: run.rps)[len(runs) // 2]
+        median = sorted(runs, key=lambda run: float(getattr(run, rank)))[len(runs) // 2]
+        summary = median.summary()
         result = {
             "rps": round(median.rps, 1),
             "p50_ms": round(median.p50_ms, 3),
             "p99_ms": round(median.p99_ms, 3),
             "errors": sum(run.errors for run in runs),
+            # The median run's CPU per request answered, in µs: the instance under test (its
+            # master and workers) and the bench's Postgres.
+            "cpu_us_per_request": summary["cpu_us_per_request"],
+            "postgres_cpu_us_per_request": summary["postgres_cpu_us_per_request"],
+            "server": server.name if server else None,
             "url": url,
             "connections": connections,
             "threads": settings.threads,
@@ -435,7 +311,9 @@ class Bench:
             "runs_rps": [round(run.rps, 1) for run in runs],
             "runs_other_cpu_s": [run.other_cpu_s for run in runs],
             "runs_busiest_worker_share": [run.busiest_worker_share for run in runs],
-            "median_run": median.summary(),
+            "runs_cpu_us_per_request": [run.cpu_us_per_request(run.server_cpu_s) for run in runs],
+            "median_run": summary,
+            "median_by": rank,
             "all_runs": [run.summary() for run in runs],
             "warmup": {"rps": round(warm.rps, 1), "errors": warm.errors, "login": warm.login},
             "window": [started_at, time.time()],
@@ -462,114 +340,6 @@ class Bench:
         lines = [line for batch in await asyncio.gather(*jobs) for line in batch]
         await asyncio.to_thread(path.write_text, "\n".join(lines) + "\n")
         return path
-
-    async def login_scenario(self, base: str) -> None:
-        settings = self.settings
-        emails = [f"bench-login-{index:04d}@gmail.com" for index in range(LOGIN_USERS)]
-        started = time.monotonic()
-        warmup_file = await self.mint(
-            self.scratch / "login-warmup.txt", max(4000, int(settings.warmup * 3000)), emails
-        )
-        log(f"login: minted {sum(1 for _ in warmup_file.open())} pairs for the warm-up")
-        fetches_before = len(self.issuer.fetches)
-        waits: Counter[str] = Counter()
-        samples = 0
-        measured: dict[str, float] = {}
-
-        async def login_files(warm_rps: float) -> list[Path]:
-            per_run = max(3000, math.ceil(warm_rps * settings.duration * 2))
-            t0 = time.monotonic()
-            files = [
-                await self.mint(self.scratch / f"login-{index}.txt", per_run, emails)
-                for index in range(settings.runs)
-            ]
-            log(
-                f"login: warm-up {warm_rps:,.0f} rps; minted {per_run:,} pairs per run in "
-                f"{time.monotonic() - t0:.1f} s"
-            )
-            measured["start"] = time.monotonic()
-            return files
-
-        # Where Postgres backends spend the login runs, sampled from pg_stat_activity.
-        stop = asyncio.Event()
-
-        async def sample() -> None:
-            nonlocal samples
-            async with self.pool.acquire() as conn:
-                while not stop.is_set():
-                    if "start" in measured:
-                        rows = await conn.fetch(
-                            r"""
-                            SELECT coalesce(wait_event_type || ':' || wait_event, 'CPU')
-                                   || CASE WHEN wait_event_type = 'Lock'
-                                      THEN ' in ' || left(
-                                          btrim(regexp_replace(query, '\s+', ' ', 'g')), 40)
-                                      ELSE '' END AS w
-                            FROM pg_stat_activity
-                            WHERE datname = current_database() AND state = 'active'
-                              AND pid <> pg_backend_pid()
-                            """
-                        )
-                        waits.update(row["w"] for row in rows)
-                        samples += 1
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), 0.05)
-
-        sampler = asyncio.create_task(sample())
-        try:
-            result = await self.scenario(
-                "login",
-                f"{base}/api/login",
-                connections=settings.login_connections,
-                warmup_file=warmup_file,
-                login_files=login_files,
-            )
-        finally:
-            stop.set()
-            await sampler
-        ended = time.monotonic()
-        # Logins still in the service when wrk stopped finish on their own (a handler is not
-        # cancelled when its client goes): wait until no more sessions appear.
-        ok_logins = -1
-        while True:
-            count = await self.pool.fetchval(
-                "SELECT count(*) FROM sessions s JOIN users u ON u.id = s.user_id "
-                "WHERE u.email LIKE 'bench-login-%'"
-            )
-            if count == ok_logins:
-                break
-            ok_logins = count
-            await asyncio.sleep(0.5)
-        statuses: Counter[str] = Counter()
-        for run in result["all_runs"]:
-            statuses.update(run["login"]["statuses"])
-        result.update(
-            {
-                "cert_fetches_during_scenario": len(self.issuer.fetches) - fetches_before,
-                "cert_fetches_during_measured_runs": self.issuer.fetches_between(
-                    measured.get("start", ended), ended
-                ),
-                "cert_fetches_total_so_far": len(self.issuer.fetches),
-                "sessions_created": ok_logins,
-                "requests_sent": result["warmup"]["login"]["sent"]
-                + sum(run["login"]["sent"] for run in result["all_runs"]),
-                "statuses_measured_runs": dict(statuses),
-                "distinct_users": LOGIN_USERS,
-                "seconds_with_minting": round(ended - started, 1),
-                "postgres_active_backends_per_sample": round(sum(waits.values()) / samples, 2)
-                if samples
-                else None,
-                "postgres_wait_events": {
-                    name: round(count / max(1, sum(waits.values())), 3)
-                    for name, count in waits.most_common(8)
-                },
-            }
-        )
-        log(
-            f"login: {ok_logins:,} sessions created; cert fetches during the scenario: "
-            f"{result['cert_fetches_during_scenario']} (total so far "
-            f"{len(self.issuer.fetches)}); Postgres waits {result['postgres_wait_events']}"
-        )
 
 
 async def seed_customers(pool: asyncpg.Pool, count: int) -> None:
@@ -625,94 +395,6 @@ async def seed_sessions(pool: asyncpg.Pool, total: int) -> dict[str, Any]:
         f"ready in {time.monotonic() - started:.1f} s"
     )
     return {"sessions_rows": rows_now, "sessions_size": size}
-
-
-async def revocation(bench: Bench, a: Service, b: Service, settings: Settings) -> dict[str, Any]:
-    """Time from a revocation to the first 401 on instance B, for SQL and for A's logout."""
-    issuer = bench.issuer
-    results: dict[str, Any] = {}
-    jar = aiohttp.CookieJar(unsafe=True)
-    # B: one keep-alive connection, so the worker that learnt the session is the one polled.
-    connector = aiohttp.TCPConnector(limit=1)
-    async with (
-        aiohttp.ClientSession(cookie_jar=jar) as browser,
-        aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar()) as on_b,
-        bench.pool.acquire() as conn,
-    ):
-
-        async def poll(headers: dict[str, str], t0: float) -> tuple[float | None, int]:
-            """Seconds from t0 to B's first 401 (None on timeout), and how many polls."""
-            next_at = time.perf_counter()
-            polls = 0
-            while time.perf_counter() - t0 < settings.revocation_timeout:
-                async with on_b.get(f"{b.base}/api/user", headers=headers) as response:
-                    await response.read()
-                    status = response.status
-                polls += 1
-                if status == 401:
-                    return time.perf_counter() - t0, polls
-                if status != 200:
-                    raise RuntimeError(f"B answered {status} while polling")
-                next_at += settings.poll_interval
-                delay = next_at - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                else:
-                    next_at = time.perf_counter()
-            return None, polls
-
-        for variant in ("sql", "logout"):
-            latencies: list[float] = []
-            round_trips: list[float] = []
-            polls_total = 0
-            timeouts = 0
-            for trial in range(settings.trials):
-                token = await sign_in(browser, a.base, issuer, "bench-revoke@gmail.com")
-                headers = {"Cookie": f"{SESSION_COOKIE}={token}"}
-                started = time.perf_counter()
-                body = await expect(on_b, f"{b.base}/api/me", headers)
-                round_trips.append(time.perf_counter() - started)
-                session_id = uuid.UUID(json.loads(body)["session"]["id"])
-                if variant == "sql":
-                    await conn.execute("DELETE FROM sessions WHERE id = $1", session_id)
-                    t0 = time.perf_counter()  # the DELETE has committed (autocommit)
-                    latency, polls = await poll(headers, t0)
-                else:
-                    t0 = time.perf_counter()  # the logout request leaves now; B is polled meanwhile
-                    logout = asyncio.create_task(
-                        browser.post(f"{a.base}/api/logout", headers={"Origin": a.base})
-                    )
-                    latency, polls = await poll(headers, t0)
-                    response = await logout
-                    response.release()
-                    if response.status != 204:
-                        raise RuntimeError(f"logout on A answered {response.status}")
-                polls_total += polls
-                if latency is None:
-                    timeouts += 1
-                    if trial == 4 and timeouts == 5:
-                        log(f"revocation ({variant}): 5 of 5 trials timed out; stopping early")
-                        break
-                else:
-                    latencies.append(latency * 1000)
-            done = len(latencies) + timeouts
-            entry = {
-                "trials": done,
-                "timeouts": timeouts,
-                "timeout_ms": settings.revocation_timeout * 1000,
-                "p50_ms": _round(percentile(latencies, 50)),
-                "p99_ms": _round(percentile(latencies, 99)),
-                "max_ms": _round(max(latencies) if latencies else None),
-                "polls_per_trial": round(polls_total / max(1, done), 2),
-                "b_round_trip_p50_ms": _round(percentile([t * 1000 for t in round_trips], 50)),
-            }
-            results[variant] = entry
-            log(f"revocation ({variant}): {entry}")
-    return results
-
-
-def _round(value: float | None, digits: int = 3) -> float | None:
-    return None if value is None else round(value, digits)
 
 
 def log_problems(path: Path, windows: dict[str, list[float]]) -> dict[str, Any]:
@@ -786,15 +468,25 @@ async def bench_main(settings: Settings) -> dict[str, Any]:
                 "PYTHONPATH": str(settings.service_dir),
             }
         )
-        a = Service("a", env, settings, scratch)
-        stack.push_async_callback(a.stop)
-        await a.start(client)
         pool = await stack.enter_async_context(
             asyncpg.create_pool(database.url, min_size=1, max_size=3)
         )
         machine["postgres"] = await pool.fetchval("SHOW server_version")
         backend = await pool.fetchval("SELECT pg_backend_pid()")
         cpu.POSTMASTER = cpu.parent_of(backend)  # None when Postgres is on another machine
+        cpu.DATABASE = database.name
+        # The disk first, while nothing of the bench's runs.
+        disk = await postgres.disk(pool, scratch, settings.fsync_seconds)
+        log(f"pg_test_fsync: {disk.get('line') or disk.get('error')}")
+
+        # The floor runs as a file, not a module: see bench/floor.py (-P: nothing of bench/
+        # shadows what the service's worker class imports).
+        floor = Service("floor", env, settings, scratch, command=("-P", str(FLOOR)), ready_path="/")
+        stack.push_async_callback(floor.stop)
+        await floor.start(client)
+        a = Service("a", env, settings, scratch)
+        stack.push_async_callback(a.stop)
+        await a.start(client)
         bench = Bench(settings, scratch, issuer, database, client, pool, minter)
         base = a.base
 
@@ -816,38 +508,53 @@ async def bench_main(settings: Settings) -> dict[str, Any]:
         asset_bytes = sizes[asset]
 
         c = settings.connections
-        await bench.scenario("healthz", f"{base}/healthz", connections=c)
+        # The floor, then the service, one after the other under the same wrk settings.
+        await bench.scenario("bare_floor", f"{floor.base}/", connections=c, server=floor)
+        exit_codes = {"floor": await floor.stop()}
+        await bench.scenario("healthz", f"{base}/healthz", connections=c, server=a)
         await bench.scenario(
-            "api_user", f"{base}/api/user", connections=c, headers=session_headers,
+            "api_user", f"{base}/api/user", connections=c, server=a, headers=session_headers,
             extra={"sessions_rows": await pool.fetchval("SELECT count(*) FROM sessions")},
         )  # fmt: skip
         await bench.scenario(
-            "api_customer", f"{base}/api/customer", connections=c, headers=session_headers,
-            extra={"rows_per_response": 100},
+            "api_customer", f"{base}/api/customer", connections=c, server=a,
+            headers=session_headers, extra={"rows_per_response": 100},
         )  # fmt: skip
 
-        await bench.login_scenario(base)
-        # The logins' sessions go, so the next scenarios see the session counts they name.
+        await signin.closed_loop(bench, a)
+        await signin.paced(bench, a)
+        _, many_ips = await signin.many_addresses(bench, env, client)
+        exit_codes[many_ips.name] = bench.results["login_many_ips"]["exit_code"]
+        # The sign-ins' sessions go, so the next scenarios see the session counts they name.
         await pool.execute(
             "DELETE FROM sessions WHERE user_id IN "
             "(SELECT id FROM users WHERE email LIKE 'bench-login-%')"
         )
         await pool.execute("VACUUM ANALYZE sessions")
 
-        await bench.scenario("spa_shell", f"{base}/", connections=c)
+        await bench.scenario("spa_shell", f"{base}/", connections=c, server=a)
         await bench.scenario(
-            "spa_asset", f"{base}{asset}", connections=c,
+            "spa_asset", f"{base}{asset}", connections=c, server=a,
             extra={"asset": asset, "asset_bytes": asset_bytes},
+        )  # fmt: skip
+
+        # Overload: as many connections as a traffic spike brings, /healthz then the session
+        # check, one after the other.
+        overload = settings.overload_connections
+        await bench.scenario("healthz_c1000", f"{base}/healthz", connections=overload, server=a)
+        await bench.scenario(
+            "api_user_c1000", f"{base}/api/user", connections=overload, server=a,
+            headers=session_headers,
         )  # fmt: skip
 
         seeded_10k = await seed_sessions(pool, 10_000)
         await bench.scenario(
-            "api_user_10k", f"{base}/api/user", connections=c, headers=session_headers,
+            "api_user_10k", f"{base}/api/user", connections=c, server=a, headers=session_headers,
             extra=seeded_10k,
         )  # fmt: skip
         seeded_big = await seed_sessions(pool, settings.big_sessions)
         await bench.scenario(
-            "api_user_1m", f"{base}/api/user", connections=c, headers=session_headers,
+            "api_user_1m", f"{base}/api/user", connections=c, server=a, headers=session_headers,
             extra=seeded_big,
         )  # fmt: skip
 
@@ -866,27 +573,41 @@ async def bench_main(settings: Settings) -> dict[str, Any]:
         revocation_started = time.time()
         revoked = await revocation(bench, a, b, settings)
         revocation_window = [revocation_started, time.time()]
+        # Orderly shutdown of both instances, before the fleet starts on a quiet machine.
+        exit_codes.update({"a": await a.stop(), "b": await b.stop()})
+
+        # Instance A's workers and login_many_ips's verify tokens (B only checks sessions).
+        cert_fetches = len(issuer.fetches)
+        verifying = len(workers) + bench.results["login_many_ips"].get("workers", 0)
+
+        fleet_started = time.time()
+        fleet_results = await fleet.fleet(settings, env, scratch, issuer)
+        exit_codes.update(fleet_results["exit_codes"])
 
         results = {
             "scenarios": bench.results,
             "revocation": revoked,
+            "fleet_idle": fleet_results["fleet_idle"],
+            "fleet_revocation": fleet_results["fleet_revocation"],
+            "disk": disk,
             "memory": memory,
-            "cert_fetches_total": len(issuer.fetches),
-            "worker_processes_verifying_tokens": len(workers),
+            "cert_fetches_total": cert_fetches,
+            "cert_fetches_by_the_fleet": len(issuer.fetches) - cert_fetches,
+            "worker_processes_verifying_tokens": verifying,
+            "exit_codes": exit_codes,
         }
-        # Orderly shutdown of both instances, then what their logs say.
-        exit_codes = {"a": await a.stop(), "b": await b.stop()}
-        results["exit_codes"] = exit_codes
+        # What the instances' logs say.
         windows = {name: entry["window"] for name, entry in bench.results.items()}
         windows["revocation"] = revocation_window
-        results["logs"] = {
-            name: log_problems(service.log_path, windows) for name, service in (("a", a), ("b", b))
-        }
+        windows["fleet"] = [fleet_started, time.time()]
+        logs = {service.name: service.log_path for service in (floor, a, many_ips, b)}
+        logs.update({path.stem.removeprefix("service-"): path for path in fleet_results["logs"]})
+        results["logs"] = {name: log_problems(path, windows) for name, path in logs.items()}
         if settings.keep_logs:
             kept = RESULTS / "logs"
             kept.mkdir(parents=True, exist_ok=True)
-            for service in (a, b):
-                shutil.copy(service.log_path, kept / service.log_path.name)
+            for path in logs.values():
+                shutil.copy(path, kept / path.name)
             log(f"logs kept in {kept.relative_to(ROOT)}")
         for name, problems in results["logs"].items():
             if problems["problems"]:
@@ -896,7 +617,6 @@ async def bench_main(settings: Settings) -> dict[str, Any]:
                 )
                 for line in problems["examples"]:
                     log(f"  {line}")
-        results["cert_fetches_total"] = len(issuer.fetches)
     results["machine"] = machine
     results["settings"] = {
         "duration_s": settings.duration,
@@ -905,7 +625,12 @@ async def bench_main(settings: Settings) -> dict[str, Any]:
         "threads": settings.threads,
         "connections": settings.connections,
         "login_connections": settings.login_connections,
+        "overload_connections": settings.overload_connections,
+        "paced_rate": settings.paced_rate,
         "workers": settings.workers,
+        "fleet_instances": settings.fleet_instances,
+        "fleet_workers": settings.fleet_workers,
+        "fleet_idle_s": settings.fleet_idle,
         "revocation_trials": settings.trials,
         "poll_interval_ms": settings.poll_interval * 1000,
         "big_sessions": settings.big_sessions,

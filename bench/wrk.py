@@ -29,6 +29,7 @@ class WrkRun:
     status_errors: int  # wrk's "Non-2xx or 3xx responses" (status >= 400)
     socket_detail: dict[str, int]
     login: dict[str, Any] | None = None  # statuses and token-pool use (login.lua only)
+    paced: dict[str, Any] | None = None  # the offered rate and how late sends were (paced only)
     first_failure: str = ""
     load_before: float = 0.0  # the 1-minute load average when the run started
     other_cpu_s: float = 0.0  # CPU-seconds other processes used during the run (bench/cpu.py)
@@ -38,7 +39,22 @@ class WrkRun:
     # The busiest worker's share of the workers' CPU: 1/WORKERS when the kernel spread wrk's
     # connections evenly, near 1.0 when one worker accepted (nearly) all of them.
     busiest_worker_share: float | None = None
+    # CPU-seconds of the instance under test (its master and workers) and of the bench's
+    # Postgres: what a request costs, next to what it takes.
+    server_cpu_s: float | None = None
+    postgres_cpu_s: float | None = None
     output: str = field(default="", repr=False)
+
+    @property
+    def ok(self) -> int:
+        """Requests answered as expected: for login, 200s; otherwise wrk's count less errors."""
+        if self.login is not None:
+            return int(self.login["statuses"].get("200", 0))
+        return max(0, self.requests - self.status_errors)
+
+    def cpu_us_per_request(self, seconds: float | None) -> float | None:
+        """CPU-seconds spread over the requests answered as expected, in µs each."""
+        return None if seconds is None or not self.ok else round(seconds / self.ok * 1e6, 1)
 
     @property
     def errors(self) -> int:
@@ -56,6 +72,8 @@ class WrkRun:
         data = asdict(self)
         data.pop("output")
         data["errors"] = self.errors
+        data["cpu_us_per_request"] = self.cpu_us_per_request(self.server_cpu_s)
+        data["postgres_cpu_us_per_request"] = self.cpu_us_per_request(self.postgres_cpu_s)
         return data
 
 
@@ -74,9 +92,11 @@ async def run_wrk(
     script_args: list[str] | None = None,
     processes: set[int] | None = None,
     groups: set[int] | None = None,
+    server: int | None = None,
 ) -> WrkRun:
     """One wrk run; `processes` holds its pid while it runs, for cleanup on interruption;
-    `groups` are the process groups whose CPU is the bench's own (the service instances)."""
+    `groups` are the process groups whose CPU is the bench's own (the service instances);
+    `server` is the one under test (its gunicorn master's pid, which leads its group)."""
     command = [
         WRK,
         f"-t{threads}",
@@ -114,7 +134,15 @@ async def run_wrk(
     run = parse(output, load_before)
     run.other_cpu_s, run.steal_s = round(others, 2), round(steal, 2)
     run.service_cpu_s = cpu.service_seconds(cpu_before, cpu_after)
-    workers = [used for pid, used in run.service_cpu_s.items() if pid not in (groups or set())]
+    run.postgres_cpu_s = round(cpu.postgres_seconds(cpu_before, cpu_after), 2)
+    if server is not None:
+        run.server_cpu_s = round(cpu.group_seconds(cpu_before, cpu_after, server), 2)
+    workers = [
+        used
+        for pid, used in run.service_cpu_s.items()
+        if pid not in (groups or set())
+        and (server is None or cpu_after.group_of.get(pid) == server)
+    ]
     if len(workers) > 1 and sum(workers) > 0.5:
         run.busiest_worker_share = round(max(workers) / sum(workers), 2)
     return run
@@ -126,6 +154,7 @@ def parse(output: str, load_before: float = 0.0) -> WrkRun:
         raise RuntimeError(f"no BENCH_RESULT line in wrk's output:\n{output}")
     result = json.loads(match[1])
     login = re.search(r"^BENCH_LOGIN (\{.*\})$", output, re.MULTILINE)
+    paced = re.search(r"^BENCH_PACED (\{.*\})$", output, re.MULTILINE)
     failure = re.search(r"^BENCH_FIRST_FAILURE (.*)$", output, re.MULTILINE)
     duration_s = result["duration_us"] / 1e6
     socket_detail = {name: result[name] for name in ("connect", "read", "write", "timeout")}
@@ -142,6 +171,7 @@ def parse(output: str, load_before: float = 0.0) -> WrkRun:
         status_errors=result["status"],
         socket_detail=socket_detail,
         login=json.loads(login[1]) if login else None,
+        paced=json.loads(paced[1]) if paced else None,
         first_failure=failure[1] if failure else "",
         load_before=load_before,
         output=output,

@@ -2,9 +2,12 @@
 -- the secret in a login_nonce_* cookie, the token (whose nonce claim is the secret's hash) in
 -- the body, and the service's own Origin.
 --
--- wrk <url> -s login.lua -- <pairs file> <threads> <origin>
--- The file has one "cookie token" pair per line (cookie: login_nonce_<id>=<secret>); thread i takes lines i, i+T, i+2T, ... so no
--- pair is sent twice. A thread that runs out stops and reports it (the run is then invalid).
+-- wrk <url> -s login.lua -- <pairs file> <threads> <origin> [<first address>]
+-- The file has one "cookie token" pair per line (cookie: login_nonce_<id>=<secret>); thread i
+-- takes lines i, i+T, i+2T, ... so no pair is sent twice. A thread that runs out stops and
+-- reports it (the run is then invalid). With <first address> (a number), line n also carries
+-- X-Forwarded-For: the (<first address> + n)th address of 10.0.0.0/8, so each sign-in comes
+-- from a client address of its own through a trusted proxy.
 
 local threads = {}
 
@@ -13,19 +16,30 @@ function setup(thread)
   table.insert(threads, thread)
 end
 
+local function address(n)
+  n = n % 16777216
+  return string.format("10.%d.%d.%d", math.floor(n / 65536), math.floor(n / 256) % 256, n % 256)
+end
+
 function init(args)
   local path, total, origin = args[1], tonumber(args[2]), args[3]
+  local first_address = tonumber(args[4] or "")
   pending = {}
   local line_number = 0
   for line in io.lines(path) do
     if line_number % total == thread_index then
       local cookie, token = line:match("^(%S+)%s+(%S+)$")
-      pending[#pending + 1] = wrk.format("POST", "/api/login", {
+      local headers = {
         ["Host"] = wrk.host,
         ["Cookie"] = cookie,
         ["Origin"] = origin,
         ["Content-Type"] = "application/json",
-      }, '{"credential": "' .. token .. '"}')
+      }
+      if first_address ~= nil then
+        headers["X-Forwarded-For"] = address(first_address + line_number)
+      end
+      pending[#pending + 1] =
+        wrk.format("POST", "/api/login", headers, '{"credential": "' .. token .. '"}')
     end
     line_number = line_number + 1
   end
