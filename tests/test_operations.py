@@ -663,6 +663,32 @@ async def test_log_format_json_makes_every_line_the_service_prints_json(
     assert access["duration_ms"] >= 0
 
 
+async def test_log_lines_are_written_while_the_service_runs_and_never_twice(
+    database_url: str, unused_tcp_port: int
+) -> None:
+    """Lines are written in batches (service/logs.py): within a second, not only at exit, and a
+    worker forked from the master does not write the master's unwritten lines again."""
+    env = cli_env(DATABASE_URL=database_url, DEV_LOGIN="1", WORKERS="2")
+    process = await start_instance(env, unused_tcp_port)
+    assert process.stdout is not None
+    lines: list[str] = []
+    try:
+        await wait_ready(unused_tcp_port)
+        url = f"http://127.0.0.1:{unused_tcp_port}/api/user"
+        async with aiohttp.ClientSession() as client, client.get(url) as response:
+            assert response.status == 401
+        async with asyncio.timeout(10):  # the process lives on: only the batching writes it
+            while not any("GET /api/user 401" in line for line in lines):
+                lines.append((await process.stdout.readline()).decode())
+    finally:
+        process.send_signal(signal.SIGTERM)
+        lines += (await process.communicate())[0].decode().splitlines(keepends=True)
+
+    assert process.returncode == 0, "".join(lines)
+    once = [line for line in lines if "configuration:" in line or "Postgres connections" in line]
+    assert len(once) == 2, once  # logged by the master before it forked two workers
+
+
 async def test_the_session_cookie_never_appears_in_any_log_record(
     browser: Browser, issuer: Issuer, caplog: pytest.LogCaptureFixture
 ) -> None:
