@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import aiohttp
 import asyncpg
 import pytest
 
+from service import signins
 from tests.conftest import Browser, Service
 from tests.issuer import Issuer
 
@@ -394,6 +396,55 @@ async def test_sign_in_records_login_ok_with_the_user_and_session(
     assert events[0]["session_id"] == session_id
     assert events[0]["ip"] == "127.0.0.1"
     assert events[0]["user_agent"].startswith("Mozilla/5.0")
+
+
+async def test_a_returning_users_one_statement_sign_in_writes_what_the_full_path_writes(
+    service: Service, issuer: Issuer, db: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """service/signins.py signs a returning user in with one statement; a browser that brings
+    a session takes the full path. Both write the same user, session and event."""
+    took_one_statement: list[bool] = []
+    one_statement = signins.sign_in_returning_user
+
+    async def watched(*args: Any, **kwargs: Any) -> Any:
+        user = await one_statement(*args, **kwargs)
+        took_one_statement.append(user is not None)
+        return user
+
+    monkeypatch.setattr(signins, "sign_in_returning_user", watched)
+    first = service.browser()
+    await first.sign_in(issuer, email="ada@gmail.com", sub="g-1", name="Ada")
+    written = {}
+    for path, browser in (("one statement", service.browser()), ("full", first)):
+        name = f"Ada {path}"
+        await browser.sign_in(issuer, email=f"{len(path)}@gmail.com", sub="g-1", name=name)
+        user = await db.fetchrow("SELECT * FROM users")
+        session = await db.fetchrow(
+            "SELECT * FROM sessions WHERE token_hash = sha256($1::text::bytea)",
+            browser.cookie("session_id"),
+        )
+        event = await db.fetchrow(
+            "SELECT * FROM auth_events WHERE kind = 'login_ok' ORDER BY id DESC LIMIT 1"
+        )
+        assert (user["email"], user["name"]) == (f"{len(path)}@gmail.com", name), path
+        assert user["last_login_at"] == session["created_at"], path  # one transaction's now()
+        assert json.loads(event["detail"]) == {"session_id": str(session["id"])}, path
+        assert (event["user_id"], event["email"]) == (user["id"], user["email"]), path
+        written[path] = (
+            {k: v for k, v in user.items() if k not in ("email", "name", "last_login_at")},
+            {k: v for k, v in session.items() if k not in ("id", "token_hash")}
+            | {"lifetime": session["expires_at"] - session["created_at"]},
+            {k: v for k, v in event.items() if k not in ("id", "detail", "email", "at")},
+        )
+
+    # The first sign-in (a new user) and the one bringing a session took the full path.
+    assert took_one_statement == [False, True]
+    one, full = written["one statement"], written["full"]
+    assert one[0] == full[0]
+    assert {k: v for k, v in one[1].items() if not k.endswith("_at")} == {
+        k: v for k, v in full[1].items() if not k.endswith("_at")
+    }
+    assert one[2] == full[2]
 
 
 async def test_a_refused_sign_in_spends_its_nonce_all_the_same(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from service import audit, auth, devlogin, nonces, sessions, users
+from service import audit, auth, devlogin, nonces, sessions, signins, users
 from service.access import public, rate_limited
 from service.auth import CLOCK_SKEW, VERIFIER
 from service.config import CONFIG, GOOGLE_CLIENT_SCRIPT_URL
@@ -118,19 +118,33 @@ async def _sign_in(request: web.Request, verified: auth.VerifiedToken) -> tuple[
     identity = verified.identity
     if not identity.is_allowed(config):
         raise Forbidden("not_allowed", "This Google account may not sign in here.")
+    # ADMIN_EMAILS grants only where Google owns the address, as for linking a row.
+    make_admin = identity.google_is_authoritative and identity.email.lower() in config.admin_emails
+    nonce_until = verified.expires_at + CLOCK_SKEW
+    token = sessions.generate_session_token()
+    previous = request.cookies.get(config.session_cookie_name)
+    if not previous:
+        # Nearly every sign-in, in one round trip; anything less simple gets None.
+        user = await signins.sign_in_returning_user(
+            pool,
+            identity,
+            nonce=verified.nonce,
+            nonce_until=nonce_until,
+            make_admin=make_admin,
+            token=token,
+            lifetime=config.session_absolute_timeout,
+            **client,
+        )
+        if user is not None:
+            return user, token
     # One transaction, one durable commit: the spent nonce, the user, the session the browser
     # brought ended, the new session and the audit event stand or fall together. Two replays
     # at once insert the same nonce: the second waits for the first to commit, then fails.
     async with pool.acquire() as conn, conn.transaction():
-        if not await nonces.spend(conn, verified.nonce, until=verified.expires_at + CLOCK_SKEW):
+        if not await nonces.spend(conn, verified.nonce, until=nonce_until):
             raise Unauthorized("nonce_replayed", "This sign-in token has already been used.")
-        # ADMIN_EMAILS grants only where Google owns the address, as for linking a row.
-        make_admin = (
-            identity.google_is_authoritative and identity.email.lower() in config.admin_emails
-        )
         user = await users.sign_in(conn, identity, make_admin=make_admin)
         # A new session on every sign-in; any session the browser brought is ended (no fixation).
-        previous = request.cookies.get(config.session_cookie_name)
         if previous and (ended := await sessions.invalidate_session_token(conn, previous)):
             await audit.record(
                 conn,
@@ -140,7 +154,6 @@ async def _sign_in(request: web.Request, verified: auth.VerifiedToken) -> tuple[
                 session_id=str(ended[0]),
                 reason="replaced_by_login",
             )
-        token = sessions.generate_session_token()
         session = await sessions.create_session(
             conn, token, user.id, lifetime=config.session_absolute_timeout, **client
         )
