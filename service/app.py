@@ -21,7 +21,7 @@ from service.session_cache import session_cache_ctx
 
 def create_app(config: Config) -> web.Application:
     app = web.Application(
-        middlewares=[middleware.access_log, middleware.admission, middleware.errors],
+        middlewares=[middleware.access_log, middleware.errors],
         client_max_size=MAX_BODY_BYTES,
     )
     app[middleware.ADMISSION] = asyncio.Semaphore(config.requests_in_flight)
@@ -29,8 +29,11 @@ def create_app(config: Config) -> web.Application:
         # Probes come straight from the load balancer, with no proxy in between.
         forwarded = XForwardedStrict([config.trusted_proxies], white_paths=middleware.PROBE_PATHS)
         app.middlewares.append(forwarded.middleware)
+    # Last: it reads the body, after which aiohttp-remotes could no longer clone the request.
+    app.middlewares.append(middleware.admission)
     app[CONFIG] = config
     app[health.SCHEMA_HEAD] = schema.head_revision()
+    app[health.READINESS] = health.Readiness()
     app.on_response_prepare.append(middleware.security_headers)
     app.add_routes(health.routes)
 

@@ -67,6 +67,9 @@ class Config:
     db_statement_timeout: float = 10.0
     shutdown_timeout: int = 10
     requests_in_flight: int = 64
+    # How long a request may wait for one of those before it is refused, 503 `overloaded`: under
+    # sustained overload the queue sheds load instead of growing. Not a setting; tests shorten it.
+    admission_timeout: float = 5.0
     session_cache: bool = True
     # How old a pass over the change log may be when a request arrives, for the cache to answer
     # it from memory: with a request's round trip, the 50 ms promised for revocation. Not a

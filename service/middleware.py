@@ -3,9 +3,9 @@
 Order, outermost first (see `create_app`):
 
     access_log      times and logs every request, whatever happens inside
-    admission       lets at most REQUESTS_IN_FLIGHT requests per worker past, in arrival order
     errors          turns every exception below into JSON {"error", "message"}
     [forwarded]     the client IP from a trusted proxy's X-Forwarded-For (when configured)
+    admission       lets at most REQUESTS_IN_FLIGHT requests per worker past, in arrival order
     /api only:
       csrf          refuses cross-site unsafe requests before anything else sees them (so
                     another site cannot spend its visitors' login budget either)
@@ -21,7 +21,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from aiohttp import web
 
@@ -29,7 +29,15 @@ from service import ratelimit
 from service.access import Access, access_of, is_rate_limited
 from service.config import CONFIG
 from service.db import DATABASE_UNAVAILABLE, POOL, database_failure
-from service.errors import ApiError, Forbidden, TooManyRequests, Unauthorized, error_response
+from service.errors import (
+    ApiError,
+    Forbidden,
+    RequestTimeout,
+    ServiceUnavailable,
+    TooManyRequests,
+    Unauthorized,
+    error_response,
+)
 from service.payload import source_of
 from service.session_cache import SESSION_CACHE
 from service.sessions import CurrentSession
@@ -54,13 +62,13 @@ class RequestLog:
     """What the access line reports that only inner layers learn (they see a cloned request)."""
 
     user_id: int | None = None
-    arrived_at: float = field(default_factory=time.monotonic)
 
 
 # Probes answer at once, never behind a queue: a busy worker is not a dead one.
 PROBE_PATHS = ("/healthz", "/readyz")
 
 ADMISSION = web.AppKey("admission", asyncio.Semaphore)
+BODY_TIMEOUT = 10.0  # seconds a request body may take to arrive
 REQUEST_LOG = web.RequestKey("request_log", RequestLog)
 CURRENT_SESSION = web.RequestKey("current_session", CurrentSession)
 # Set by a handler that changed sessions or users (a logout, a revocation, a sign-in).
@@ -104,18 +112,37 @@ async def admission(request: web.Request, handler: Handler) -> web.StreamRespons
     Without it, a worker with 500 connections steps 500 requests at once: every await costs a
     whole turn of the event loop over all of them, so a sign-in's few round trips hold a pooled
     connection for seconds, and requests that need the pool time out while Postgres idles. A
-    waiting request costs nothing per turn, and every request admitted is itself bounded
-    (DB_ACQUIRE_TIMEOUT, DB_STATEMENT_TIMEOUT, the certs deadline), so each wait is too.
+    waiting request costs nothing per turn. Its body is read first, within BODY_TIMEOUT, so a
+    client dripping one holds no slot; a request not admitted within the admission timeout is
+    refused, so that sustained overload sheds load rather than growing the queue.
     """
     if request.path in PROBE_PATHS:
         return await handler(request)
-    async with request.config_dict[ADMISSION]:
+    if request.body_exists:
+        try:
+            async with asyncio.timeout(BODY_TIMEOUT):
+                await request.read()  # kept by aiohttp for the handler
+        except TimeoutError:
+            raise RequestTimeout("request_timeout", "The request body came too slowly.") from None
+    slots = request.config_dict[ADMISSION]
+    try:
+        async with asyncio.timeout(request.config_dict[CONFIG].admission_timeout):
+            await slots.acquire()
+    except TimeoutError:
+        raise ServiceUnavailable(
+            "overloaded",
+            "The service is too busy right now; try again.",
+            headers={"Retry-After": "1"},
+        ) from None
+    try:
         gone = request.transport is None or request.transport.is_closing()
         if gone and request.method not in UNSAFE_METHODS:
             # Its client gave up while it waited: nothing is read for no one. A change it asked
             # for (a logout, say) is still made.
             return error_response(400, "client_closed", "The client closed the connection.")
         return await handler(request)
+    finally:
+        slots.release()
 
 
 @web.middleware
@@ -200,8 +227,9 @@ async def _with_session(request: web.Request, handler: Handler) -> web.StreamRes
     config = request.config_dict[CONFIG]
     token = request.cookies.get(config.session_cookie_name)
     cache = request.config_dict[SESSION_CACHE]
-    arrived_at = request[REQUEST_LOG].arrived_at
-    current = await cache.lookup(token, arrived_at=arrived_at) if token else None
+    # Fresh as of now, not of when the request arrived: one that waited for admission must
+    # not be answered with a session revoked meanwhile.
+    current = await cache.lookup(token, arrived_at=time.monotonic()) if token else None
     if current is None:
         message = "Your session has ended; sign in again." if token else "Sign in to continue."
         raise Unauthorized("not_signed_in", message)

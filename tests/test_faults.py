@@ -21,7 +21,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from service import schema
+from service import middleware, schema
 from tests.conftest import Browser
 from tests.issuer import CLIENT_ID, Issuer
 from tests.test_database_faults import wait_until_waiting_for_a_lock
@@ -188,6 +188,69 @@ async def test_requests_past_the_bound_wait_their_turn_and_probes_do_not(
 
     assert logout.done()
     assert (await check).status == 200
+
+
+async def test_a_request_queued_past_the_admission_timeout_is_refused_overloaded(
+    start_service: Any, issuer: Issuer, db: asyncpg.Pool
+) -> None:
+    service = await start_service(requests_in_flight=1, admission_timeout=0.5)
+    holder, waiter = service.browser(), service.browser()
+    await holder.sign_in(issuer, email="holder@gmail.com")
+    await waiter.sign_in(issuer)
+
+    async with db.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT 1 FROM sessions FOR UPDATE")
+        logout = asyncio.create_task(holder.post("/api/logout"))
+        await wait_until_waiting_for_a_lock(db)
+        refused = await waiter.get("/api/user")
+
+    assert refused.status == 503
+    assert (await refused.json())["error"] == "overloaded"
+    assert refused.headers["Retry-After"] == "1"
+    assert (await logout).status == 204
+    assert (await waiter.get("/api/user")).status == 200
+
+
+async def test_a_user_disabled_while_their_request_waited_for_admission_is_refused(
+    one_slot: Any, issuer: Issuer, db: asyncpg.Pool
+) -> None:
+    service, stuck = one_slot
+    ada = service.browser()
+    await ada.sign_in(issuer)
+    assert (await ada.get("/api/user")).status == 200  # in this worker's memory now
+
+    async with stuck():
+        check = asyncio.create_task(ada.get("/api/user"))
+        await asyncio.sleep(0.2)  # queued behind the stuck request
+        # (Its sessions are locked by the stuck request; disabling takes them away as well.)
+        await db.execute("UPDATE users SET disabled = true WHERE email = 'someone@gmail.com'")
+
+    assert (await check).status == 403
+
+
+async def test_a_body_sent_slowly_holds_no_slot_and_times_out(
+    one_slot: Any, issuer: Issuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(middleware, "BODY_TIMEOUT", 0.5)
+    service, _ = one_slot
+    port = int(service.base_url.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"POST /api/login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        + f"Origin: {service.base_url}\r\nContent-Length: 100\r\n\r\n{{".encode()
+    )
+    await writer.drain()
+    try:
+        # The one slot stays free for everyone else meanwhile.
+        assert (await service.browser().get("/api/config")).status == 200
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        body = json.loads(await reader.readexactly(length))
+    finally:
+        writer.close()
+
+    assert head.startswith(b"HTTP/1.1 408 "), head
+    assert body["error"] == "request_timeout"
 
 
 async def raw_request_then_leave(service: Any, head: str) -> None:
