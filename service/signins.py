@@ -4,7 +4,7 @@ date, the new session and its audit event, all in one round trip to Postgres.
 Round trips are most of what a sign-in costs (each one a send, a wake-up of a Postgres backend
 and a turn of the event loop), and nearly every sign-in is a returning user's. The statement
 writes the same rows, the same way, as the full path in routes/login.py (`nonces.spend`,
-`users.sign_in`, `sessions.create_session`, `audit.record`); tests/test_login.py proves that
+`users.sign_in`, `sessions.create_session`, `audit.record`); tests/test_accounts.py proves that
 the two agree. Anything else (a first sign-in, a row claimed by email, a disabled user, a
 replayed nonce, a new email that another row holds) changes nothing here and returns None, for
 the full path to handle and explain.

@@ -137,13 +137,14 @@ async def _sign_in(request: web.Request, verified: auth.VerifiedToken) -> tuple[
         )
         if user is not None:
             return user, token
-    # One transaction, one durable commit: the spent nonce, the user, the session the browser
-    # brought ended, the new session and the audit event stand or fall together. Two replays
-    # at once insert the same nonce: the second waits for the first to commit, then fails.
+    # One transaction, one durable commit: the user, the spent nonce, the session the browser
+    # brought ended, the new session and the audit event stand or fall together. The user's
+    # row is locked before the nonce is spent, in the one statement's order, so that replays
+    # taking either path at once wait for each other rather than deadlock; the second fails.
     async with pool.acquire() as conn, conn.transaction():
+        user = await users.sign_in(conn, identity, make_admin=make_admin)
         if not await nonces.spend(conn, verified.nonce, until=nonce_until):
             raise Unauthorized("nonce_replayed", "This sign-in token has already been used.")
-        user = await users.sign_in(conn, identity, make_admin=make_admin)
         # A new session on every sign-in; any session the browser brought is ended (no fixation).
         if previous and (ended := await sessions.invalidate_session_token(conn, previous)):
             await audit.record(
