@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import logging.config
@@ -11,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 FLUSH_EVERY = 0.5  # seconds a line may wait in memory (a SIGKILL loses at most that much)
+MAX_LINES = 10_000  # written at once when this many wait, and kept at most while stderr fails
 
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
@@ -32,7 +34,7 @@ class JsonFormatter(logging.Formatter):
 
 class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """stderr, written in batches rather than one write per line: within FLUSH_EVERY, at once
-    for a warning or worse, before a fork and at exit (logging's own shutdown flushes it).
+    for a warning or worse, before a fork, at exit, and line by line once shutdown began.
 
     A busy worker logs an access line per request; one write per line was a tenth of the
     cost of a request answered from memory.
@@ -41,16 +43,22 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def __init__(self) -> None:
         super().__init__()
         self._lines: list[str] = []
+        self._through = False
         self._stopped = threading.Event()
         self._start_flusher()
-        # gunicorn forks its workers after logging is set up: a child must not inherit the
-        # parent's unwritten lines (they would be written twice), and needs its own flusher.
-        os.register_at_fork(before=self.flush, after_in_child=self._start_flusher)
+        # gunicorn forks its workers after logging is set up. The lock is held across the fork,
+        # so that no write is half done in the child (logging makes the child a fresh lock),
+        # and the lines are written first, so that the child does not write them again.
+        os.register_at_fork(
+            before=self._before_fork,
+            after_in_parent=self.release,
+            after_in_child=self._start_flusher,
+        )
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             self._lines.append(self.format(record))  # under the handler's lock (`handle`)
-            if record.levelno >= logging.WARNING:
+            if self._through or record.levelno >= logging.WARNING or len(self._lines) >= MAX_LINES:
                 self._write()
         except Exception:
             self.handleError(record)
@@ -59,15 +67,31 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
         with self.lock:  # type: ignore[union-attr]  # made by Handler.__init__
             self._write()
 
+    def write_through(self) -> None:
+        """From now on, every line at once (a worker that is stopping may be killed)."""
+        with self.lock:  # type: ignore[union-attr]
+            self._through = True
+            self._write()
+
     def close(self) -> None:
         self._stopped.set()
-        super().close()  # flushes; stderr itself stays open
+        self.flush()
+        super().close()  # stderr itself stays open
 
     def _write(self) -> None:
         if self._lines:
-            lines, self._lines = self._lines, []
-            self.stream.write("\n".join(lines) + "\n")
+            try:
+                self.stream.write("\n".join(self._lines) + "\n")
+            except Exception:
+                del self._lines[:-MAX_LINES]  # kept for the next try, within bounds
+                raise
+            self._lines.clear()
         self.stream.flush()
+
+    def _before_fork(self) -> None:
+        self.acquire()
+        with contextlib.suppress(Exception):  # nowhere to say so: stderr is what failed
+            self._write()
 
     def _start_flusher(self) -> None:
         if not self._stopped.is_set():
@@ -75,7 +99,15 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def _flush_now_and_then(self) -> None:
         while not self._stopped.wait(FLUSH_EVERY):
-            self.flush()
+            with contextlib.suppress(Exception):  # as above; the lines wait for the next try
+                self.flush()
+
+
+def write_through() -> None:
+    """Every batching handler writes each line at once from now on."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, BatchingHandler):
+            handler.write_through()
 
 
 def logging_config(log_format: str) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from gunicorn.app.base import BaseApplication
 from service.app import create_app
 from service.config import Config
 from service.errors import error_response
-from service.logs import logging_config
+from service.logs import logging_config, write_through
 
 # After the listener closes, how long a connection made just before has to send its request
 # before aiohttp's shutdown closes it as idle.
@@ -95,6 +95,9 @@ class Runner(web.AppRunner):
         return server
 
     async def cleanup(self) -> None:
+        # gunicorn kills a worker that outlasts its graceful timeout: from here on, no line
+        # waits in memory to be lost with it.
+        write_through()
         loop = asyncio.get_running_loop()
         server = self.server
         if server is not None:
