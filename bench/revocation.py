@@ -189,6 +189,10 @@ async def fleet_revocation(
             round_trips: list[float] = []
             logouts: list[float] = []
             after_answers: list[float] = []  # from the logout's answer to the last refusal
+            # From the start of the logout's transaction (its audit row's `at`, Postgres's
+            # now()): at or before its commit, so never less than the time from the commit.
+            after_transactions: list[float] = []
+            wall_minus_perf = time.time() - time.perf_counter()
             timeouts = 0
             same_worker = {"refused": 0, "answered": 0, "other_connection": 0}
             done = 0
@@ -270,6 +274,13 @@ async def fleet_revocation(
                     everywhere.append(max(latency or 0.0 for latency in latencies))
                     if variant == "logout":
                         after_answers.append(everywhere[-1] - logouts[-1])
+                        began = await conn.fetchval(
+                            "SELECT extract(epoch FROM at)::float8 FROM auth_events"
+                            " WHERE kind = 'logout' AND detail->>'session_id' = $1",
+                            str(session_id),
+                        )
+                        refused = revoked_at + everywhere[-1] / 1000 + wall_minus_perf
+                        after_transactions.append((refused - began) * 1000)
             entry: dict[str, Any] = {
                 "trials": done,
                 "timeouts": timeouts,
@@ -292,6 +303,9 @@ async def fleet_revocation(
                 entry["every_instance_after_answer_p50_ms"] = rounded(percentile(after_answers, 50))
                 entry["every_instance_after_answer_max_ms"] = rounded(
                     max(after_answers) if after_answers else None
+                )
+                entry["every_instance_after_transaction_max_ms"] = rounded(
+                    max(after_transactions) if after_transactions else None
                 )
                 entry["same_worker_next_request"] = same_worker
             results[variant] = entry
