@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from service import ratelimit
 from service.access import Access, access_of, is_rate_limited
@@ -31,8 +32,8 @@ from service.config import CONFIG
 from service.db import DATABASE_UNAVAILABLE, POOL, database_failure
 from service.errors import (
     ApiError,
+    BadRequest,
     Forbidden,
-    RequestTimeout,
     ServiceUnavailable,
     TooManyRequests,
     Unauthorized,
@@ -123,7 +124,11 @@ async def admission(request: web.Request, handler: Handler) -> web.StreamRespons
             async with asyncio.timeout(BODY_TIMEOUT):
                 await request.read()  # kept by aiohttp for the handler
         except TimeoutError:
-            raise RequestTimeout("request_timeout", "The request body came too slowly.") from None
+            response = error_response(408, "request_timeout", "The request body came too slowly.")
+            response.force_close()  # rather than read the rest of it
+            return response
+        except (web.RequestPayloadError, HttpProcessingError):  # a bad Content-Encoding, say
+            raise BadRequest("bad_request", "The request body could not be read.") from None
     slots = request.config_dict[ADMISSION]
     try:
         async with asyncio.timeout(request.config_dict[CONFIG].admission_timeout):
@@ -229,7 +234,7 @@ async def _with_session(request: web.Request, handler: Handler) -> web.StreamRes
     cache = request.config_dict[SESSION_CACHE]
     # Fresh as of now, not of when the request arrived: one that waited for admission must
     # not be answered with a session revoked meanwhile.
-    current = await cache.lookup(token, arrived_at=time.monotonic()) if token else None
+    current = await cache.lookup(token, checked_at=time.monotonic()) if token else None
     if current is None:
         message = "Your session has ended; sign in again." if token else "Sign in to continue."
         raise Unauthorized("not_signed_in", message)

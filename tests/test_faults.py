@@ -22,7 +22,7 @@ import asyncpg
 import pytest
 
 from service import middleware, schema
-from tests.conftest import Browser
+from tests.conftest import Browser, Service
 from tests.issuer import CLIENT_ID, Issuer
 from tests.test_database_faults import wait_until_waiting_for_a_lock
 from tests.test_instances import start_instance, wait_ready
@@ -153,29 +153,34 @@ async def test_300_concurrent_requests_on_a_two_connection_pool_all_answer(
 
 
 @pytest.fixture
-async def one_slot(start_service: Any, issuer: Issuer, db: asyncpg.Pool) -> AsyncIterator[Any]:
-    """A service that admits one request at a time, and that request stuck (a logout waiting
-    for a row lock held here) until the test leaves the block."""
-    service = await start_service(requests_in_flight=1)
-    holder_browser = service.browser()
-    await holder_browser.sign_in(issuer, email="holder@gmail.com")
+def one_slot(start_service: Any, issuer: Issuer, db: asyncpg.Pool) -> Any:
+    """Starts a service that admits one request at a time (keyword arguments override its
+    Config); `stuck()` keeps that request stuck (a logout waiting for a row lock held here)
+    until the test leaves the block."""
 
-    @contextlib.asynccontextmanager
-    async def stuck() -> AsyncIterator[asyncio.Task[Any]]:
-        async with db.acquire() as holder, holder.transaction():
-            await holder.execute("SELECT 1 FROM sessions FOR UPDATE")
-            logout = asyncio.create_task(holder_browser.post("/api/logout"))
-            await wait_until_waiting_for_a_lock(db)
-            yield logout
-        assert (await logout).status == 204
+    async def start(**overrides: Any) -> tuple[Service, Any]:
+        service = await start_service(requests_in_flight=1, **overrides)
+        holder_browser = service.browser()
+        await holder_browser.sign_in(issuer, email="holder@gmail.com")
 
-    yield service, stuck
+        @contextlib.asynccontextmanager
+        async def stuck() -> AsyncIterator[asyncio.Task[Any]]:
+            async with db.acquire() as holder, holder.transaction():
+                await holder.execute("SELECT 1 FROM sessions FOR UPDATE")
+                logout = asyncio.create_task(holder_browser.post("/api/logout"))
+                await wait_until_waiting_for_a_lock(db)
+                yield logout
+            assert (await logout).status == 204
+
+        return service, stuck
+
+    return start
 
 
 async def test_requests_past_the_bound_wait_their_turn_and_probes_do_not(
     one_slot: Any, issuer: Issuer
 ) -> None:
-    service, stuck = one_slot
+    service, stuck = await one_slot()
     ada = service.browser()
     await ada.sign_in(issuer)
 
@@ -214,25 +219,50 @@ async def test_a_request_queued_past_the_admission_timeout_is_refused_overloaded
 async def test_a_user_disabled_while_their_request_waited_for_admission_is_refused(
     one_slot: Any, issuer: Issuer, db: asyncpg.Pool
 ) -> None:
-    service, stuck = one_slot
+    # A freshness window wide enough that, counted from the request's arrival, the pass made
+    # just before it arrived would still do when its turn came.
+    service, stuck = await one_slot(session_cache_fresh_for=1.0)
     ada = service.browser()
     await ada.sign_in(issuer)
     assert (await ada.get("/api/user")).status == 200  # in this worker's memory now
+    await asyncio.sleep(1.1)
+    assert (await ada.get("/api/user")).status == 200  # a pass, just now
 
     async with stuck():
         check = asyncio.create_task(ada.get("/api/user"))
-        await asyncio.sleep(0.2)  # queued behind the stuck request
+        await asyncio.sleep(0.05)  # queued behind the stuck request
         # (Its sessions are locked by the stuck request; disabling takes them away as well.)
         await db.execute("UPDATE users SET disabled = true WHERE email = 'someone@gmail.com'")
+        await asyncio.sleep(1.5)  # past the window
 
     assert (await check).status == 403
+
+
+async def test_a_body_that_cannot_be_decoded_is_a_400_even_where_no_body_is_read(
+    service: Service,
+) -> None:
+    port = int(service.base_url.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(
+            b"GET /api/config HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Encoding: gzip\r\n"
+            b"Content-Length: 5\r\n\r\nhello"
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        body = json.loads(await reader.readexactly(length))
+    finally:
+        writer.close()
+
+    assert head.startswith(b"HTTP/1.1 400 "), head
+    assert body["error"] == "bad_request"
 
 
 async def test_a_body_sent_slowly_holds_no_slot_and_times_out(
     one_slot: Any, issuer: Issuer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(middleware, "BODY_TIMEOUT", 0.5)
-    service, _ = one_slot
+    service, _ = await one_slot()
     port = int(service.base_url.rsplit(":", 1)[1])
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(
@@ -267,7 +297,7 @@ async def test_a_read_whose_client_left_while_queued_is_skipped_but_a_logout_is_
     one_slot: Any, issuer: Issuer, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="service.access")
-    service, stuck = one_slot
+    service, stuck = await one_slot()
     ada = service.browser()
     await ada.sign_in(issuer)
     cookie = f"Cookie: session_id={ada.cookie('session_id')}\r\n"
@@ -341,7 +371,11 @@ async def test_a_worker_killed_with_sigkill_loses_nothing_and_is_replaced(
     browser = Browser(instance.base_url, "Mozilla/5.0 TestBrowser")
     try:
         await browser.sign_in(issuer)
-        workers = workers_of(instance.process.pid)
+        for _ in range(200):  # gunicorn forks its workers one by one: one may answer first
+            workers = workers_of(instance.process.pid)
+            if len(workers) == 2:
+                break
+            await asyncio.sleep(0.05)
         assert len(workers) == 2
 
         victim = min(workers)
