@@ -44,21 +44,27 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
         super().__init__()
         self._lines: list[str] = []
         self._through = False
+        self._failing = False  # the last write failed: only the flusher tries again
         self._stopped = threading.Event()
         self._start_flusher()
-        # gunicorn forks its workers after logging is set up. The lock is held across the fork,
-        # so that no write is half done in the child (logging makes the child a fresh lock),
-        # and the lines are written first, so that the child does not write them again.
+        # gunicorn forks its workers after logging is set up (in the thread that configures
+        # logging, so taking this lock before logging's own cannot deadlock). The lock is held
+        # across the fork, so that no write is half done in the child (logging makes the child
+        # a fresh lock), and the child drops the lines, which are the parent's to write.
         os.register_at_fork(
             before=self._before_fork,
             after_in_parent=self.release,
-            after_in_child=self._start_flusher,
+            after_in_child=self._in_child,
         )
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             self._lines.append(self.format(record))  # under the handler's lock (`handle`)
-            if self._through or record.levelno >= logging.WARNING or len(self._lines) >= MAX_LINES:
+            if self._failing:
+                del self._lines[:-MAX_LINES]  # the oldest go while stderr fails
+            elif (
+                self._through or record.levelno >= logging.WARNING or len(self._lines) >= MAX_LINES
+            ):
                 self._write()
         except Exception:
             self.handleError(record)
@@ -75,23 +81,34 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def close(self) -> None:
         self._stopped.set()
-        self.flush()
-        super().close()  # stderr itself stays open
+        try:
+            self.flush()
+        finally:
+            super().close()  # stderr itself stays open
 
     def _write(self) -> None:
-        if self._lines:
-            try:
-                self.stream.write("\n".join(self._lines) + "\n")
-            except Exception:
-                del self._lines[:-MAX_LINES]  # kept for the next try, within bounds
-                raise
-            self._lines.clear()
-        self.stream.flush()
+        # Taken first: a line logged meanwhile (gunicorn's master logs from signal handlers)
+        # goes to the next batch.
+        lines, self._lines = self._lines, []
+        try:
+            if lines:
+                self.stream.write("\n".join(lines) + "\n")
+            self.stream.flush()
+        except Exception:
+            self._lines[:0] = lines
+            del self._lines[:-MAX_LINES]  # kept for the flusher's next try, within bounds
+            self._failing = True
+            raise
+        self._failing = False
 
     def _before_fork(self) -> None:
         self.acquire()
         with contextlib.suppress(Exception):  # nowhere to say so: stderr is what failed
             self._write()
+
+    def _in_child(self) -> None:
+        self._lines.clear()
+        self._start_flusher()
 
     def _start_flusher(self) -> None:
         if not self._stopped.is_set():

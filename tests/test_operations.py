@@ -21,7 +21,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from service import schema
+from service import logs, schema
 from service.config import (
     DEV_CLIENT_ID,
     GOOGLE_CERTS_URL,
@@ -688,6 +688,42 @@ async def test_log_lines_are_written_while_the_service_runs_and_never_twice(
     # gunicorn's master logs these, then forks two workers: unwritten, they were written thrice.
     once = [line for line in lines if "Listening at:" in line or "Using worker:" in line]
     assert len(once) == 2, once
+
+
+def test_while_stderr_fails_a_line_costs_no_write_and_the_newest_lines_are_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Broken(io.StringIO):
+        broken, attempts = True, 0
+
+        def write(self, text: str) -> int:
+            self.attempts += 1
+            if self.broken:
+                raise BrokenPipeError
+            return super().write(text)
+
+    monkeypatch.setattr(logs, "MAX_LINES", 100)
+    monkeypatch.setattr(logging, "raiseExceptions", False)
+    stream = Broken()
+    handler = logs.BatchingHandler()
+    handler.setStream(stream)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("tests.batching")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        logger.warning("written at once, and failing")
+        for n in range(1000):
+            logger.info("line %d", n)
+        assert stream.attempts < 5  # one write a flush, not one a line (was 1,000)
+        stream.broken = False
+        handler.flush()
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+
+    assert stream.getvalue().splitlines() == [f"line {n}" for n in range(900, 1000)]
 
 
 async def test_the_session_cookie_never_appears_in_any_log_record(
