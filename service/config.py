@@ -71,8 +71,8 @@ class Config:
     # sustained overload the queue sheds load instead of growing. Not a setting; tests shorten it.
     admission_timeout: float = 5.0
     session_cache: bool = True
-    # How old a pass over the change log may be when a request arrives, for the cache to answer
-    # it from memory: with a request's round trip, the 50 ms promised for revocation. Not a
+    # How old a pass over the change log may be when a session is checked, for the cache to
+    # answer from memory: with a request's round trip, the 50 ms promised for revocation. Not a
     # setting (the promise is the product); the tests set 0 to run every check through a pass.
     session_cache_fresh_for: float = 0.040
     # How long a request waits for a pass before the cache gives up and asks the pool. Not a

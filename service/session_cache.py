@@ -4,7 +4,7 @@ has read every change to them.
 Triggers on `sessions` and `users` append every change, whoever makes it (this service, the
 CLI, plain SQL), to the `session_changes` log, in the transaction that makes it (migration
 0006). A session check is answered from memory only after the worker read that log in a pass
-that started at most FRESH_FOR before the request arrived, or, after this worker made a change
+that started at most FRESH_FOR before the check, or, after this worker made a change
 itself, after that change. Any change committed before a pass started is in that pass, so a
 revocation by plain SQL is refused by every worker within FRESH_FOR of its commit, and one made
 through this worker at its very next request: a bound by causality, not by timers, and one
@@ -110,10 +110,10 @@ class SessionCache:
         """How many sessions, and how many users' sessions, this worker holds."""
         return len(self._entries), len(self._by_user)
 
-    async def lookup(self, token: str, *, arrived_at: float) -> CurrentSession | None:
+    async def lookup(self, token: str, *, checked_at: float) -> CurrentSession | None:
         """The live session for `token`: from memory when that is proven safe, else Postgres."""
         token_hash = sessions.hash_token(token)
-        if token_hash in self._entries and await self._prove(arrived_at - self.fresh_for):
+        if token_hash in self._entries and await self._prove(checked_at - self.fresh_for):
             entry = self._entries.get(token_hash)  # unless the pass just dropped it
             now = time.monotonic()
             if entry is not None and now < entry.valid_until(self._idle_timeout):
