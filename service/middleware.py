@@ -131,8 +131,11 @@ async def admission(request: web.Request, handler: Handler) -> web.StreamRespons
             raise BadRequest("bad_request", "The request body could not be read.") from None
     slots = request.config_dict[ADMISSION]
     try:
-        async with asyncio.timeout(request.config_dict[CONFIG].admission_timeout):
-            await slots.acquire()
+        if slots.locked():  # a timer only for a request that waits: one per request was a cost
+            async with asyncio.timeout(request.config_dict[CONFIG].admission_timeout):
+                await slots.acquire()
+        else:
+            await slots.acquire()  # returns at once
     except TimeoutError:
         raise ServiceUnavailable(
             "overloaded",
