@@ -238,6 +238,13 @@ async def test_a_user_disabled_while_their_request_waited_for_admission_is_refus
     assert (await check).status == 403
 
 
+async def read_answer(reader: asyncio.StreamReader) -> tuple[bytes, Any]:
+    """One HTTP answer off a raw connection: its head, and its JSON body."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    return head, json.loads(await reader.readexactly(length))
+
+
 async def test_a_body_that_cannot_be_decoded_is_a_400_even_where_no_body_is_read(
     service: Service,
 ) -> None:
@@ -248,9 +255,7 @@ async def test_a_body_that_cannot_be_decoded_is_a_400_even_where_no_body_is_read
             b"GET /api/config HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Encoding: gzip\r\n"
             b"Content-Length: 5\r\n\r\nhello"
         )
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-        body = json.loads(await reader.readexactly(length))
+        head, body = await read_answer(reader)
     finally:
         writer.close()
 
@@ -273,9 +278,7 @@ async def test_a_body_sent_slowly_holds_no_slot_and_times_out(
     try:
         # The one slot stays free for everyone else meanwhile.
         assert (await service.browser().get("/api/config")).status == 200
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-        body = json.loads(await reader.readexactly(length))
+        head, body = await read_answer(reader)
     finally:
         writer.close()
 
