@@ -13,6 +13,7 @@ from service.auth import LOCAL_CERTS, verifier_ctx
 from service.config import CONFIG, Config
 from service.db import pool_ctx
 from service.housekeeping import purge_ctx
+from service.logs import AccessLog
 from service.payload import MAX_BODY_BYTES
 from service.routes import customers, docs, health, login, sessions, user
 from service.routes.admin import create_admin_app
@@ -24,6 +25,7 @@ def create_app(config: Config) -> web.Application:
         middlewares=[middleware.access_log, middleware.errors],
         client_max_size=MAX_BODY_BYTES,
     )
+    app[middleware.ACCESS_LOG] = AccessLog(config.log_format)
     app[middleware.ADMISSION] = asyncio.Semaphore(config.requests_in_flight)
     if config.trusted_proxies:
         # Probes come straight from the load balancer, with no proxy in between.

@@ -8,6 +8,7 @@ import logging
 import logging.config
 import os
 import threading
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -58,16 +59,23 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
         )
 
     def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self._lines.append(self.format(record))  # under the handler's lock (`handle`)
-            if self._failing:
-                del self._lines[:-MAX_LINES]  # the oldest go while stderr fails
-            elif (
-                self._through or record.levelno >= logging.WARNING or len(self._lines) >= MAX_LINES
-            ):
-                self._write()
+        try:  # under the handler's lock (`handle`)
+            self._add(self.format(record), urgent=record.levelno >= logging.WARNING)
         except Exception:
             self.handleError(record)
+
+    def add_line(self, line: str) -> None:
+        """A line formatted elsewhere (see `AccessLog`), written as an INFO record's would be."""
+        # Nowhere to say that stderr failed: the lines wait for the flusher's next try.
+        with self.lock, contextlib.suppress(Exception):  # type: ignore[union-attr]
+            self._add(line, urgent=False)
+
+    def _add(self, line: str, *, urgent: bool) -> None:
+        self._lines.append(line)
+        if self._failing:
+            del self._lines[:-MAX_LINES]  # the oldest go while stderr fails
+        elif self._through or urgent or len(self._lines) >= MAX_LINES:
+            self._write()
 
     def flush(self) -> None:
         with self.lock:  # type: ignore[union-attr]  # made by Handler.__init__
@@ -118,6 +126,63 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
         while not self._stopped.wait(FLUSH_EVERY):
             with contextlib.suppress(Exception):  # as above; the lines wait for the next try
                 self.flush()
+
+
+class AccessLog:
+    """The access line of each request: formatted here, straight into the batching handler.
+
+    It is the line `logging` would write for the same call (a test holds the two equal), but a
+    LogRecord, the handler's generic path and the formatter were a seventh of the cost of a
+    request answered from memory. Where logging is set up otherwise (tests capturing records,
+    an embedding app), the line goes through `logging` as any other.
+    """
+
+    def __init__(self, log_format: str) -> None:
+        self._logger = logging.getLogger("service.access")
+        self._json = log_format == "json"
+        self._second = -1
+        self._stamp = ""  # the time of day up to the second, as the format writes it
+        root = logging.getLogger().handlers
+        fast = len(root) == 1 and isinstance(root[0], BatchingHandler)
+        self._handler = root[0] if fast and not self._logger.handlers else None
+
+    def write(
+        self, method: str, path: str, status: int, duration_ms: float, user_id: int | None
+    ) -> None:
+        if not self._logger.isEnabledFor(logging.INFO):
+            return
+        message = f"{method} {path} {status} {duration_ms:.1f}ms user={user_id or '-'}"
+        if not isinstance(self._handler, BatchingHandler):
+            fields = {"method": method, "path": path, "status": status}
+            fields.update(duration_ms=duration_ms, user_id=user_id)
+            self._logger.info("%s", message, extra=fields)
+            return
+        now = time.time()
+        second, milliseconds = int(now), int((now % 1) * 1000)
+        if second != self._second:
+            self._second = second
+            self._stamp = (
+                datetime.fromtimestamp(second, UTC).isoformat()[:19]
+                if self._json
+                else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+            )
+        if self._json:
+            line = json.dumps(
+                {
+                    "time": f"{self._stamp}.{milliseconds:03d}+00:00",
+                    "level": "info",
+                    "logger": "service.access",
+                    "message": message,
+                    "method": method,
+                    "path": path,
+                    "status": status,
+                    "duration_ms": duration_ms,
+                    "user_id": user_id,
+                }
+            )
+        else:
+            line = f"{self._stamp},{milliseconds:03d} INFO service.access: {message}"
+        self._handler.add_line(line)
 
 
 def write_through() -> None:

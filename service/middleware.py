@@ -39,12 +39,12 @@ from service.errors import (
     Unauthorized,
     error_response,
 )
+from service.logs import AccessLog
 from service.payload import source_of
 from service.session_cache import SESSION_CACHE
 from service.sessions import CurrentSession
 
 log = logging.getLogger(__name__)
-access_logger = logging.getLogger("service.access")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -68,6 +68,7 @@ class RequestLog:
 # Probes answer at once, never behind a queue: a busy worker is not a dead one.
 PROBE_PATHS = ("/healthz", "/readyz")
 
+ACCESS_LOG = web.AppKey("access_log", AccessLog)
 ADMISSION = web.AppKey("admission", asyncio.Semaphore)
 BODY_TIMEOUT = 10.0  # seconds a request body may take to arrive
 REQUEST_LOG = web.RequestKey("request_log", RequestLog)
@@ -88,21 +89,8 @@ async def access_log(request: web.Request, handler: Handler) -> web.StreamRespon
     finally:
         duration_ms = round((time.perf_counter() - started) * 1000, 1)
         # raw_path stays percent-encoded, so a crafted path cannot forge log lines.
-        path = request.rel_url.raw_path
-        access_logger.info(
-            "%s %s %d %.1fms user=%s",
-            request.method,
-            path,
-            status,
-            duration_ms,
-            entry.user_id or "-",
-            extra={
-                "method": request.method,
-                "path": path,
-                "status": status,
-                "duration_ms": duration_ms,
-                "user_id": entry.user_id,
-            },
+        request.app[ACCESS_LOG].write(
+            request.method, request.rel_url.raw_path, status, duration_ms, entry.user_id
         )
 
 

@@ -690,6 +690,55 @@ async def test_log_lines_are_written_while_the_service_runs_and_never_twice(
     assert len(once) == 2, once
 
 
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_an_access_line_is_the_line_logging_would_write_for_it(
+    log_format: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`AccessLog` formats the line itself when the service's own handler is the only one."""
+    caplog.set_level(logging.INFO, logger="service.access")
+    settings = logs.logging_config(log_format)["formatters"]["default"]
+    formatter = settings["()"]() if "()" in settings else logging.Formatter(settings["format"])
+    stream = io.StringIO()
+    handler = logs.BatchingHandler()
+    handler.setStream(stream)
+    handler.setFormatter(formatter)
+    monkeypatch.setattr(logging.getLogger(), "handlers", [handler])
+    moments = [1_796_212_800.25, 1_796_212_800.999, 1_796_212_861.0]  # three lines, two seconds
+    calls = [("GET", "/api/user", 200, 0.3, 7), ("POST", "/api/login?x=%0A", 401, 12.0, None)]
+    try:
+        access_log = logs.AccessLog(log_format)
+        for moment, call in zip(moments, calls + calls[:1], strict=True):
+            monkeypatch.setattr(time, "time", lambda moment=moment: moment)
+            access_log.write(*call)
+        handler.flush()
+    finally:
+        handler.close()
+
+    expected = []
+    for moment, (method, path, status, duration_ms, user_id) in zip(
+        moments, calls + calls[:1], strict=True
+    ):
+        record = logging.getLogger("service.access").makeRecord(
+            "service.access",
+            logging.INFO,
+            "",
+            0,
+            "%s %s %d %.1fms user=%s",
+            (method, path, status, duration_ms, user_id or "-"),
+            None,
+            extra={
+                "method": method,
+                "path": path,
+                "status": status,
+                "duration_ms": duration_ms,
+                "user_id": user_id,
+            },
+        )
+        record.created, record.msecs = moment, int((moment % 1) * 1000)
+        expected.append(formatter.format(record))
+    assert stream.getvalue().splitlines() == expected
+
+
 def test_while_stderr_fails_a_line_costs_no_write_and_the_newest_lines_are_kept(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
