@@ -36,10 +36,10 @@ def create_app(config: Config) -> web.Application:
     app[CONFIG] = config
     app[health.SCHEMA_HEAD] = schema.head_revision()
     app[health.READINESS] = health.Readiness()
-    app.on_response_prepare.append(middleware.security_headers)
+    app.on_response_prepare.append(middleware.security_headers(config))
     app.add_routes(health.routes)
 
-    api = web.Application(middlewares=[middleware.csrf, middleware.rate_limit, middleware.session])
+    api = web.Application(middlewares=[middleware.api_checks])
     for area in (login, user, customers, sessions, docs):
         api.add_routes(area.routes)
     if config.dev_login:

@@ -7,10 +7,9 @@ Order, outermost first (see `create_app`):
     [forwarded]     the client IP from a trusted proxy's X-Forwarded-For (when configured)
     admission       lets at most REQUESTS_IN_FLIGHT requests per worker past, in arrival order
     /api only:
-      csrf          refuses cross-site unsafe requests before anything else sees them (so
-                    another site cannot spend its visitors' login budget either)
-      rate_limit    counts every login attempt that gets this far, whatever its outcome
-      session       resolves the session cookie and enforces the handler's access level
+      api_checks    in turn: refuses cross-site unsafe requests before anything else sees
+                    them; counts every login attempt that gets this far, whatever its
+                    outcome; resolves the session cookie and enforces the handler's access
       /api/admin only:
         require_admin   admits administrators only
 """
@@ -28,7 +27,8 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from service import ratelimit
 from service.access import Access, access_of, is_rate_limited
-from service.config import CONFIG
+from service.config import CONFIG, Config
+from service.cookies import session_token_hash
 from service.db import DATABASE_UNAVAILABLE, POOL, database_failure
 from service.errors import (
     ApiError,
@@ -47,6 +47,7 @@ from service.sessions import CurrentSession
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+ResponseHook = Callable[[web.Request, web.StreamResponse], Awaitable[None]]
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
@@ -173,24 +174,33 @@ def _internal_error(request: web.Request) -> web.Response:
 
 
 @web.middleware
-async def rate_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if is_rate_limited(handler):
-        limit = request.config_dict[CONFIG].login_rate_limit
-        wait = await ratelimit.hit(request.config_dict[POOL], source_of(request), limit)
-        if wait:
-            raise TooManyRequests(
-                "rate_limited",
-                "Too many sign-in attempts from this address; try again later.",
-                headers={"Retry-After": ratelimit.retry_after(wait)},
-            )
-    return await handler(request)
-
-
-@web.middleware
-async def csrf(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def api_checks(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every /api request's checks, in this order: the same-site check, the login budget, the
+    session. One middleware rather than three: each layer is a call and a coroutine more on
+    every request, and these three always run together."""
     if request.method in UNSAFE_METHODS and not _is_same_site(request):
+        # First, so that another site cannot spend its visitors' login budget either.
         raise Forbidden("csrf", "Cross-site request refused: its Origin is not this service's.")
-    return await handler(request)
+    if is_rate_limited(handler):
+        await _charge_login_budget(request)
+    try:
+        return await _with_session(request, handler)
+    finally:
+        if request.get(SESSIONS_CHANGED):
+            # This worker's next answer from memory waits until it has read that change.
+            request.config_dict[SESSION_CACHE].changed()
+
+
+async def _charge_login_budget(request: web.Request) -> None:
+    """Counts every login attempt that gets this far, whatever its outcome."""
+    limit = request.config_dict[CONFIG].login_rate_limit
+    wait = await ratelimit.hit(request.config_dict[POOL], source_of(request), limit)
+    if wait:
+        raise TooManyRequests(
+            "rate_limited",
+            "Too many sign-in attempts from this address; try again later.",
+            headers={"Retry-After": ratelimit.retry_after(wait)},
+        )
 
 
 def _is_same_site(request: web.Request) -> bool:
@@ -199,16 +209,6 @@ def _is_same_site(request: web.Request) -> bool:
         # Browsers that omit Origin still say where a request came from.
         return request.headers.get("Sec-Fetch-Site") == "same-origin"
     return origin in request.config_dict[CONFIG].trusted_origins
-
-
-@web.middleware
-async def session(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await _with_session(request, handler)
-    finally:
-        if request.get(SESSIONS_CHANGED):
-            # This worker's next answer from memory waits until it has read that change.
-            request.config_dict[SESSION_CACHE].changed()
 
 
 async def _with_session(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -221,13 +221,15 @@ async def _with_session(request: web.Request, handler: Handler) -> web.StreamRes
     ):
         return await handler(request)
     config = request.config_dict[CONFIG]
-    token = request.cookies.get(config.session_cookie_name)
+    token_hash = session_token_hash(request, config)
     cache = request.config_dict[SESSION_CACHE]
     # Fresh as of now, not of when the request arrived: one that waited for admission must
     # not be answered with a session revoked meanwhile.
-    current = await cache.lookup(token, checked_at=time.monotonic()) if token else None
+    current = None
+    if token_hash is not None:
+        current = await cache.lookup(token_hash, checked_at=time.monotonic())
     if current is None:
-        message = "Your session has ended; sign in again." if token else "Sign in to continue."
+        message = "Your session has ended; sign in again." if token_hash else "Sign in to continue."
         raise Unauthorized("not_signed_in", message)
     request[REQUEST_LOG].user_id = current.user.id
     if current.user.disabled:
@@ -238,7 +240,7 @@ async def _with_session(request: web.Request, handler: Handler) -> web.StreamRes
 
 @web.middleware
 async def require_admin(request: web.Request, handler: Handler) -> web.StreamResponse:
-    # CORS preflights and unmatched routes carry no session (see `session`).
+    # CORS preflights and unmatched routes carry no session (see `_with_session`).
     if request.method == "OPTIONS" or request.match_info.http_exception is not None:
         return await handler(request)
     if not request[CURRENT_SESSION].user.admin:
@@ -246,13 +248,27 @@ async def require_admin(request: web.Request, handler: Handler) -> web.StreamRes
     return await handler(request)
 
 
-async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """on_response_prepare: runs for every response, streamed files and errors included."""
-    response.headers.setdefault("X-Content-Type-Options", "nosniff")
-    response.headers.setdefault("Referrer-Policy", "strict-origin-when-cross-origin")
-    # Google's sign-in popup must be able to message this window back.
-    response.headers.setdefault("Cross-Origin-Opener-Policy", "same-origin-allow-popups")
-    if request.path.startswith("/api/"):
-        response.headers["Cache-Control"] = "no-store"
-    if request.config_dict[CONFIG].hsts:
-        response.headers["Strict-Transport-Security"] = "max-age=63072000; includeSubDomains"
+def security_headers(
+    config: Config,
+) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
+    """The on_response_prepare hook: it runs for every response, streamed files and errors
+    included."""
+    every_response = {
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "strict-origin-when-cross-origin",
+        # Google's sign-in popup must be able to message this window back.
+        "Cross-Origin-Opener-Policy": "same-origin-allow-popups",
+    }
+    if config.hsts:
+        every_response["Strict-Transport-Security"] = "max-age=63072000; includeSubDomains"
+    overriding = {"Strict-Transport-Security"}
+
+    async def add_security_headers(request: web.Request, response: web.StreamResponse) -> None:
+        headers = response.headers
+        for name, value in every_response.items():
+            if name in overriding or name not in headers:
+                headers[name] = value
+        if request.path.startswith("/api/"):
+            headers["Cache-Control"] = "no-store"
+
+    return add_security_headers

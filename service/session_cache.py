@@ -110,9 +110,9 @@ class SessionCache:
         """How many sessions, and how many users' sessions, this worker holds."""
         return len(self._entries), len(self._by_user)
 
-    async def lookup(self, token: str, *, checked_at: float) -> CurrentSession | None:
-        """The live session for `token`: from memory when that is proven safe, else Postgres."""
-        token_hash = sessions.hash_token(token)
+    async def lookup(self, token_hash: bytes, *, checked_at: float) -> CurrentSession | None:
+        """The live session whose token hashes to `token_hash`: from memory when that is proven
+        safe, else Postgres."""
         if token_hash in self._entries and await self._prove(checked_at - self.fresh_for):
             entry = self._entries.get(token_hash)  # unless the pass just dropped it
             now = time.monotonic()

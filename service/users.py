@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -38,6 +40,11 @@ class User:
             "picture": self.picture,
             "admin": self.admin,
         }
+
+    @functools.cached_property
+    def public_json(self) -> bytes:
+        """`public()` as JSON, encoded once: a session answered from memory keeps its user."""
+        return json.dumps(self.public()).encode()
 
 
 async def sign_in(conn: asyncpg.Connection, identity: GoogleIdentity, make_admin: bool) -> User:

@@ -229,7 +229,7 @@ async def test_the_cache_forgets_a_user_whose_last_session_went(
             hash_token(token),
             user,
         )
-        assert await cache.lookup(token, checked_at=0) is not None
+        assert await cache.lookup(hash_token(token), checked_at=0) is not None
     assert cache.size == (2, 1)
 
     for token, left in zip(tokens, [(1, 1), (0, 0)], strict=True):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 import time
 import uuid
@@ -12,10 +13,11 @@ import aiohttp
 import asyncpg
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
 
-from service import nonces
+from service import cookies, nonces
 from service.app import create_app
-from service.sessions import purge_expired
+from service.sessions import hash_token, purge_expired
 from tests.conftest import Browser, Service, service_config
 from tests.issuer import Issuer
 
@@ -103,6 +105,26 @@ async def test_a_real_token_under_another_cookie_name_is_not_accepted(
     response = await get_with_token(service, "/api/user", f"session={token}")
 
     await assert_error(response, 401, "not_signed_in")
+
+
+def test_a_remembered_cookie_header_gives_what_aiohttp_parses_and_no_secret_is_kept() -> None:
+    plain = service_config("postgresql://unused", "http://unused", 8000)
+    secure = dataclasses.replace(plain, cookie_secure=True)
+    header = 'theme=dark; session_id=plain-token; __Host-session_id="secure-token"; other=1'
+    for _ in range(2):  # the second time from memory
+        request = make_mocked_request("GET", "/api/user", headers={"Cookie": header})
+        for config in (plain, secure):
+            expected = request.cookies[config.session_cookie_name]
+            assert cookies.session_token_hash(request, config) == hash_token(expected)
+    empty = make_mocked_request("GET", "/", headers={"Cookie": "session_id=; a=b"})
+    assert cookies.session_token_hash(empty, plain) is None
+
+    for n in range(3 * cookies.RECENT_COOKIE_HEADERS):
+        request = make_mocked_request("GET", "/", headers={"Cookie": f"session_id=token-{n}"})
+        assert cookies.session_token_hash(request, plain) == hash_token(f"token-{n}")
+    remembered = repr(cookies._recent)
+    assert len(cookies._recent) <= cookies.RECENT_COOKIE_HEADERS
+    assert "token-" not in remembered and "plain-token" not in remembered
 
 
 async def test_every_api_response_is_no_store(browser: Browser, issuer: Issuer) -> None:

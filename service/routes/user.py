@@ -11,7 +11,8 @@ routes = web.RouteTableDef()
 
 @routes.get("/user")
 async def get_user(request: web.Request) -> web.Response:
-    return web.json_response(request[CURRENT_SESSION].user.public())
+    user = request[CURRENT_SESSION].user
+    return web.Response(body=user.public_json, content_type="application/json", charset="utf-8")
 
 
 @routes.get("/me")
