@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from service import audit, stats
 from service.config import Config
 
 JSON = "application/json"
@@ -24,6 +25,10 @@ def obj(required: dict[str, Schema], optional: dict[str, Schema] | None = None) 
         "properties": {**required, **(optional or {})},
         "required": list(required),
     }
+
+
+def described(schema: Schema, description: str) -> Schema:
+    return {**schema, "description": description}
 
 
 def page_of(item: str) -> Schema:
@@ -112,6 +117,74 @@ SCHEMAS: dict[str, Schema] = {
         {
             "results": {"type": "array", "items": ref("AuthEvent")},
             "next_before": {"type": ["integer", "null"]},
+        }
+    ),
+    "EventKind": {"type": "string", "enum": list(audit.KINDS)},
+    "EventKinds": obj({"kinds": {"type": "array", "items": ref("EventKind")}}),
+    "Count": described(
+        obj({"value": COUNT, "exact": BOOLEAN}),
+        f"Counted exactly up to {stats.EXACT_UP_TO:,} rows; past that `exact` is false and "
+        "`value` is Postgres's estimate of the table's rows (pg_class.reltuples), never below "
+        f"{stats.EXACT_UP_TO:,}.",
+    ),
+    "SignInHour": obj(
+        {"start": TIME, "ok": COUNT, "failed": described(COUNT, "attempts, repeats included")}
+    ),
+    "FailureReason": obj({"error": described(STRING, "the refusal's code"), "count": COUNT}),
+    "SignIns": obj(
+        {
+            "since": described(TIME, "the start of the first hour"),
+            "ok": COUNT,
+            "failed": COUNT,
+            "hours": described(
+                {
+                    "type": "array",
+                    "items": ref("SignInHour"),
+                    "minItems": audit.WINDOW_HOURS,
+                    "maxItems": audit.WINDOW_HOURS,
+                },
+                "whole hours, oldest first; the last is the hour under way",
+            ),
+            "failure_reasons": described(
+                {
+                    "type": "array",
+                    "items": ref("FailureReason"),
+                    "maxItems": audit.TOP_FAILURE_REASONS,
+                },
+                "the commonest, most first",
+            ),
+        }
+    ),
+    "SessionCacheStatus": described(
+        obj(
+            {
+                "worker": described(ID, "the process id of the worker that answered"),
+                "enabled": described(BOOLEAN, "SESSION_CACHE"),
+                "coherent": described(
+                    BOOLEAN,
+                    "answers from memory are allowed: on, and following the change log (false "
+                    "after a failed pass, when every request asks Postgres)",
+                ),
+                "last_pass_age": described(
+                    {"type": ["number", "null"], "minimum": 0},
+                    "seconds since this worker's newest read of the change log started",
+                ),
+                "fresh_for": described(
+                    {"type": "number", "minimum": 0},
+                    "an answer from memory waits for a read started at most this long before",
+                ),
+                "sessions": described(COUNT, "sessions held in memory"),
+                "users": described(COUNT, "users whose sessions are held"),
+            }
+        ),
+        "Each worker has its own cache: this is the one that answered.",
+    ),
+    "Status": obj(
+        {
+            "live_sessions": ref("Count"),
+            "users": ref("Count"),
+            "sign_ins": ref("SignIns"),
+            "session_cache": ref("SessionCacheStatus"),
         }
     ),
 }
@@ -353,13 +426,37 @@ PATHS: dict[str, dict[str, Schema]] = {
             tag="admin",
         ),
     },
+    "/api/admin/status": {
+        "get": operation(
+            "Live sessions and users, the last 24 hours' sign-ins, and this worker's session cache",
+            ("200", "Status"),
+            tag="admin",
+        ),
+    },
+    "/api/admin/audit/kinds": {
+        "get": operation(
+            "Every kind of auth event the service records",
+            ("200", "EventKinds"),
+            tag="admin",
+        ),
+    },
     "/api/admin/audit": {
         "get": operation(
             "Auth events, newest first; pass next_before as before for the next page",
             ("200", "AuditPage"),
             params=(
                 USER_FILTER,
-                query("kind", {"type": "string", "maxLength": 64}, "e.g. login_ok, login_failed"),
+                query(
+                    "user_email",
+                    {"type": "string", "maxLength": 254},
+                    "only this person's (any case): the events of the user who has this email, "
+                    "and the failed sign-ins that tried it",
+                ),
+                query(
+                    "kind",
+                    {"type": "string", "maxLength": 64},
+                    "one kind, e.g. login_failed (see /api/admin/audit/kinds)",
+                ),
                 query("before", ID, "next_before of the previous page"),
                 LIMIT,
             ),

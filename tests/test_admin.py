@@ -10,6 +10,7 @@ import aiohttp
 import asyncpg
 import pytest
 
+from service import audit
 from service.users import ADMIN_CHANGES_LOCK
 from tests.conftest import Browser, Service
 from tests.issuer import Issuer
@@ -122,6 +123,8 @@ EVERY_ENDPOINT = [
     ("GET", "/api/admin/sessions", None),
     ("DELETE", f"/api/admin/sessions/{uuid.uuid4()}", None),
     ("GET", "/api/admin/audit", None),
+    ("GET", "/api/admin/audit/kinds", None),
+    ("GET", "/api/admin/status", None),
 ]
 
 
@@ -1000,6 +1003,75 @@ async def test_audit_filters_by_user_and_kind(
     assert await kinds("user_id=999999") == []
 
 
+async def test_audit_finds_a_persons_events_by_email_in_any_case(
+    boss: tuple[Browser, int], service: Service, issuer: Issuer
+) -> None:
+    admin, boss_id = boss
+    ada, ada_id = await sign_in(service, issuer, "ada@gmail.com")
+    await ada.post("/api/logout")
+    await sign_in(service, issuer, "bob@gmail.com")
+    await admin.post(f"/api/admin/users/{ada_id}/revoke-sessions")
+
+    async def found(query: str) -> list[tuple[str, int | None]]:
+        response = await admin.get("/api/admin/audit", params=query)
+        assert response.status == 200, await response.text()
+        return [(e["kind"], e["user_id"]) for e in (await response.json())["results"]]
+
+    assert await found("user_email=ADA@gmail.com") == [("logout", ada_id), ("login_ok", ada_id)]
+    assert await found("user_email=ada@gmail.com&kind=logout") == [("logout", ada_id)]
+    # The admin who revoked Ada's sessions acted: the event is the admin's, not Ada's.
+    assert [k for k, _ in await found(f"user_email={BOSS}")] == [
+        "admin_sessions_revoked",
+        "login_ok",
+    ]
+    assert await found("user_email=nobody@gmail.com") == []
+    assert await found(f"user_email=ada@gmail.com&user_id={boss_id}") == []
+
+
+async def test_audit_by_email_includes_the_failed_sign_ins_that_tried_it(
+    admin: Browser, service: Service, issuer: Issuer, db: asyncpg.Pool
+) -> None:
+    _, eve_id = await sign_in(service, issuer, "eve@gmail.com")
+    await db.execute("UPDATE users SET disabled = true WHERE id = $1", eve_id)
+    refused = await attempt_sign_in(
+        service.browser(), issuer, "Eve@gmail.com", sub="sub-eve@gmail.com"
+    )
+    await assert_error(refused, 403, "user_disabled")
+    await attempt_sign_in(service.browser(), issuer, "mallory@gmail.com", aud="other")
+
+    body = await (await admin.get("/api/admin/audit?user_email=eve@gmail.com")).json()
+
+    assert [e["kind"] for e in body["results"]] == ["login_failed", "login_ok"]
+    assert body["results"][0]["detail"]["error"] == "user_disabled"
+
+
+async def test_audit_by_email_finds_a_user_by_the_address_they_have_now(
+    admin: Browser, service: Service, issuer: Issuer, db: asyncpg.Pool
+) -> None:
+    ada, ada_id = await sign_in(service, issuer, "ada@gmail.com")
+    await ada.post("/api/logout")
+    await db.execute("UPDATE users SET email = 'ada@example.com' WHERE id = $1", ada_id)
+
+    async def kinds_for(**params: Any) -> list[str]:
+        response = await admin.get("/api/admin/audit", params=params)
+        assert response.status == 200, await response.text()
+        return [e["kind"] for e in (await response.json())["results"]]
+
+    assert await kinds_for(user_email="ada@example.com") == ["logout", "login_ok"]
+    assert await kinds_for(user_email="ada@gmail.com") == []
+    # A deleted user has no address: their events are found by their id.
+    await admin.request("DELETE", f"/api/admin/users/{ada_id}")
+    assert await kinds_for(user_email="ada@example.com") == []
+    assert await kinds_for(user_id=ada_id) == ["logout", "login_ok"]
+
+
+async def test_audit_kinds_are_every_kind_the_service_records(admin: Browser) -> None:
+    response = await admin.get("/api/admin/audit/kinds")
+
+    assert response.status == 200, await response.text()
+    assert await response.json() == {"kinds": list(audit.KINDS)}
+
+
 async def test_audit_filters_page_by_before(admin: Browser, db: asyncpg.Pool) -> None:
     await add_events(db, None, "a", 3)
     await add_events(db, None, "b", 3)
@@ -1029,6 +1101,8 @@ async def test_audit_filters_page_by_before(admin: Browser, db: asyncpg.Pool) ->
         f"before={HUGE}",
         "user_id=abc",
         "kind=" + "k" * 65,
+        "user_email=" + "e" * 255,
+        "user_email=a%00b",
     ],
 )
 async def test_audit_refuses_bad_parameters(admin: Browser, query: str) -> None:
@@ -1157,6 +1231,8 @@ JSON = {"Content-Type": "application/json"}
         ("GET", f"/api/admin/sessions?user_id={HUGE}", {}, 400, "invalid_user_id"),
         ("GET", f"/api/admin/sessions?offset={HUGE}", {}, 400, "invalid_offset"),
         ("GET", "/api/admin/audit?kind=%00", {}, 400, "invalid_kind"),
+        ("GET", "/api/admin/audit?user_email=%00", {}, 400, "invalid_user_email"),
+        ("GET", "/api/admin/audit?user_email=%FF%FE", {}, 200, None),
         ("GET", f"/api/admin/audit?user_id={HUGE}", {}, 400, "invalid_user_id"),
         ("PATCH", f"/api/admin/users/{HUGE}", {"json": {"admin": True}}, 404, "not_found"),
         ("PATCH", "/api/admin/users/1", {}, 400, "bad_content_type"),

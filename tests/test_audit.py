@@ -3,12 +3,16 @@ keeps who acted after they change or go."""
 
 from __future__ import annotations
 
+import ast
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 
+from service import audit
 from tests.conftest import Browser, Service
 from tests.issuer import Issuer
 from tests.test_operator_cli import cli
@@ -149,3 +153,61 @@ async def test_a_sign_in_whose_audit_event_fails_leaves_no_session_and_no_spent_
     retried = await browser.post("/api/login", json={"credential": credential})
     assert retried.status == 200, await retried.text()
     assert await db.fetchval("SELECT count(*) FROM spent_nonces") == before["nonces"] + 1
+
+
+# --- the kinds of event ---------------------------------------------------------------------
+
+SERVICE = Path(__file__).resolve().parent.parent / "service"
+# An INSERT into auth_events names its kind as a literal, or takes it as audit.record's $1.
+INSERT = re.compile(r"INSERT INTO auth_events \([^)]*\)\s*(SELECT\s+'(\w+)'|VALUES \(\$1,)")
+
+
+def recorded_kinds() -> set[str]:
+    """Every kind the service's code records: the literal kind of each call to `audit.record`
+    (or to a function that passes its own `kind` on to it, such as the admin routes' `_record`),
+    and of each INSERT INTO auth_events written out in SQL."""
+    trees = {path: ast.parse(path.read_text()) for path in SERVICE.rglob("*.py")}
+    recorders = {"audit.record": 1}  # a callable, and where its kind is among its arguments
+    forwarding: set[ast.Call] = set()  # the calls in which a recorder passes its kind on
+
+    def calls(tree: ast.AST) -> list[tuple[ast.Call, ast.expr]]:
+        found = []
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call):
+                position = recorders.get(ast.unparse(node.func))
+                if position is not None and len(node.args) > position:
+                    found.append((node, node.args[position]))
+        return found
+
+    for tree in trees.values():
+        for function in ast.walk(tree):
+            if isinstance(function, ast.AsyncFunctionDef | ast.FunctionDef):
+                parameters = [a.arg for a in function.args.args]
+                for call, kind in calls(function):
+                    if isinstance(kind, ast.Name) and kind.id in parameters:
+                        recorders[function.name] = parameters.index(kind.id)
+                        forwarding.add(call)
+
+    kinds: set[str] = set()
+    for path, tree in trees.items():
+        for call, kind in calls(tree):
+            if call in forwarding:
+                continue
+            assert isinstance(kind, ast.Constant) and isinstance(kind.value, str), (
+                f"{path.name}:{call.lineno}: the kind is not written out"
+            )
+            kinds.add(kind.value)
+        for match in INSERT.finditer(path.read_text()):
+            if match[2]:
+                kinds.add(match[2])
+            else:
+                assert path.name == "audit.py", f"{path.name}: an INSERT whose kind is a parameter"
+    return kinds
+
+
+def test_the_known_kinds_are_exactly_the_kinds_the_service_records() -> None:
+    recorded = recorded_kinds()
+
+    assert len(recorded) > 10  # the scan does find them
+    assert set(audit.KINDS) == recorded
+    assert len(audit.KINDS) == len(recorded)  # and lists each once

@@ -405,15 +405,17 @@ PAGES: list[tuple[str, str, Callable[[Page], Locator]]] = [
 ]
 
 
-async def axe_violations(page: Page) -> list[dict[str, Any]]:
+async def axe_violations(page: Page, within: str = "html") -> list[dict[str, Any]]:
+    """What axe-core finds on the page, or in the part that the CSS selector `within` picks."""
     # evaluate() is not subject to the page's Content-Security-Policy; a script tag would be.
     if not await page.evaluate("() => typeof window.axe === 'object'"):
         await page.evaluate(AXE.read_text())
     violations: list[dict[str, Any]] = await page.evaluate(
-        """async () => (await axe.run()).violations.map(v => ({
+        """async (within) => (await axe.run(within)).violations.map(v => ({
             id: v.id, impact: v.impact, nodes: v.nodes.length,
             targets: v.nodes.slice(0, 3).map(n => n.target.join(' ')),
-        }))"""
+        }))""",
+        within,
     )
     return violations
 
@@ -483,6 +485,124 @@ async def test_page_width_fits_a_phone(tabs: Tabs) -> None:
         if width > PHONE["width"]:
             overflowing[name] = width
     assert overflowing == {}
+    tabs.assert_no_console_errors()
+
+
+# -- 9. the admin page: the status panel, phone cards, the audit filter -------------------------
+
+STATUS_PANEL = "section[aria-labelledby=status-heading]"
+
+
+async def refused_sign_in(page: Page, email: str) -> None:
+    """A dev-login sign-in the service refuses (here, a disabled user's), left on /login."""
+    await page.goto("/login")
+    await page.get_by_label("Email (dev login)").fill(email)
+    await page.get_by_role("button", name="Sign in (dev login)").click()
+    await expect(page.get_by_role("alert")).to_contain_text("disabled")
+
+
+async def test_admin_status_panel_draws_the_days_sign_ins_accessibly(tabs: Tabs) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page = await tabs.open()
+    await refused_sign_in(page, "user02@example.com")
+    await sign_in(page, "admin01@example.com")
+
+    await page.goto("/admin")
+    status = page.get_by_role("region", name="Status", exact=True)
+    chart = status.get_by_role("img", name=re.compile(r"^Sign-ins per hour"))
+    await expect(chart).to_have_accessible_name(re.compile("1 succeeded and 1 failed"))
+    await expect(status.get_by_role("definition").filter(has_text="1 failed")).to_be_visible()
+    await expect(status.get_by_role("listitem").filter(has_text="user_disabled")).to_contain_text(
+        "1"
+    )
+    await expect(status.get_by_text("Coherent", exact=True)).to_be_visible()
+    # Every hour's numbers, as text for screen readers: a header row and 24 hours.
+    hours = status.get_by_role("table", name="Sign-ins per hour")
+    await expect(hours.get_by_role("row")).to_have_count(25)
+    await settle(page)
+
+    for width, viewport in (("desktop", DESKTOP), ("phone", PHONE)):
+        await page.set_viewport_size(viewport)
+        await expect(chart).to_be_visible()
+        assert await axe_violations(page, STATUS_PANEL) == [], width
+        await page.locator(STATUS_PANEL).screenshot(path=SCREENSHOTS / f"admin-status-{width}.png")
+    tabs.assert_no_console_errors()
+
+
+async def test_admin_rows_are_cards_with_their_actions_in_view_on_a_phone(tabs: Tabs) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page = await tabs.open(PHONE)
+    await sign_in(page, "admin01@example.com")
+    await page.goto("/admin")
+    users = page.get_by_role("region", name="Users", exact=True)
+    row = users.get_by_role("row").filter(has_text="user01@example.com")
+    await expect(row).to_contain_text("Active")
+    await settle(page)
+
+    for name in ("Disable", "Promote", "Revoke sessions", "Delete"):
+        button = row.get_by_role("button", name=name, exact=True)
+        await button.scroll_into_view_if_needed()
+        # Wholly on screen, clipped by no scrolling box, and the topmost thing where it is.
+        await expect(button).to_be_in_viewport(ratio=1)
+        on_top = await button.evaluate(
+            """b => { const r = b.getBoundingClientRect();
+                const hit = document.elementFromPoint(r.x + r.width / 2, r.y + r.height / 2);
+                return b.contains(hit); }"""
+        )
+        assert on_top, f"{name} is covered"
+    # The name is there whole, beside its heading, and no table scrolls sideways.
+    await expect(row.get_by_role("cell", name="Name user01", exact=True)).to_be_visible()
+    overflow = await page.locator(".table-wrap").evaluate_all(
+        "wraps => wraps.map(w => w.scrollWidth - w.clientWidth)"
+    )
+    assert overflow and set(overflow) == {0}
+    await row.screenshot(path=SCREENSHOTS / "admin-user-card-phone.png")
+
+    await row.get_by_role("button", name="Revoke sessions").click()
+    await expect(users.get_by_text("Signed user01@example.com out of 0 sessions.")).to_be_visible()
+    tabs.assert_no_console_errors()
+
+
+async def test_audit_log_filters_by_kind_and_by_email(tabs: Tabs) -> None:
+    other = await tabs.open()
+    await refused_sign_in(other, "user02@example.com")
+    await sign_in(other, "user01@example.com")
+    page = await tabs.open()
+    await sign_in(page, "admin01@example.com")
+    await page.goto("/admin")
+    audit = page.get_by_role("region", name="Audit log", exact=True)
+    events = audit.get_by_role("region", name="Audit log events").locator("tbody tr")
+    await expect(events).to_have_count(3)
+    kind = audit.get_by_label("Kind")
+    email = audit.get_by_label("User email")
+    # The kinds come from the service: "All kinds" and every kind it records.
+    await expect(kind.locator("option")).to_have_count(15)
+
+    async def filter_by(chosen: str, address: str) -> None:
+        await kind.select_option(chosen)
+        await email.fill(address)
+        await audit.get_by_role("button", name="Filter").click()
+
+    await filter_by("login_ok", "")
+    await expect(events).to_have_count(2)
+    for n in range(2):
+        await expect(events.nth(n)).to_contain_text("login_ok")
+
+    await filter_by("", "USER01@example.com")
+    await expect(events).to_have_count(1)
+    await expect(events.first).to_contain_text("user01@example.com")
+    await expect(events.first).to_contain_text("login_ok")
+
+    await filter_by("login_failed", "user02@example.com")
+    await expect(events).to_have_count(1)
+    await expect(events.first).to_contain_text("user_disabled")
+
+    await filter_by("logout", "user01@example.com")
+    await expect(audit.get_by_text("No events match these filters.")).to_be_visible()
+
+    await audit.get_by_role("button", name="Show all").click()
+    await expect(events).to_have_count(3)
+    await expect(kind).to_have_value("")
     tabs.assert_no_console_errors()
 
 

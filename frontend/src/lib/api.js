@@ -104,6 +104,7 @@ export const revokeSession = (id) => send("DELETE", `/api/sessions/${encodeURICo
 export const revokeOtherSessions = () => send("POST", "/api/sessions/revoke-others");
 
 // Administration
+export const adminStatus = () => send("GET", "/api/admin/status");
 /** @param {{query?: string, offset?: number, limit?: number}} params */
 export const adminUsers = (params) => send("GET", `/api/admin/users${query(params)}`);
 /** @param {{email: string, name?: string, admin?: boolean}} user */
@@ -119,5 +120,8 @@ export const adminSessions = (params) => send("GET", `/api/admin/sessions${query
 /** @param {string} id */
 export const adminRevokeSession = (id) =>
   send("DELETE", `/api/admin/sessions/${encodeURIComponent(id)}`);
-/** @param {{user_id?: string | number, kind?: string, before?: number | null, limit?: number}} params */
+/**
+ * @param {{user_id?: string | number, user_email?: string, kind?: string, before?: number | null, limit?: number}} params
+ */
 export const audit = (params) => send("GET", `/api/admin/audit${query(params)}`);
+export const auditKinds = () => send("GET", "/api/admin/audit/kinds");

@@ -34,3 +34,10 @@ export function timeAgo(iso, now = Date.now()) {
 export function dateTime(iso) {
   return iso ? absolute.format(new Date(iso)) : "never";
 }
+
+const clock = new Intl.DateTimeFormat("en", { hour: "2-digit", minute: "2-digit", hourCycle: "h23" });
+
+/** The local time of day, as "07:00". @param {string} iso */
+export function clockTime(iso) {
+  return clock.format(new Date(iso));
+}
