@@ -23,13 +23,17 @@ $(FRONTEND): $(FRONTEND_SOURCES)
 	touch $@
 
 # The browser tests drive Debian's Chromium (Playwright never downloads a browser here); the
-# PgBouncer tests run Debian's pgbouncer in front of the test database.
+# PgBouncer tests run Debian's pgbouncer in front of the test database; the metrics tests have
+# Debian's Prometheus scrape the service.
 CHROMIUM := /usr/bin/chromium
 PGBOUNCER := /usr/sbin/pgbouncer
+PROMETHEUS := /usr/bin/prometheus
 $(CHROMIUM):
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 $(PGBOUNCER):
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer
+$(PROMETHEUS):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus
 
 install: $(INSTALLED) $(FRONTEND)
 
@@ -44,7 +48,7 @@ lint: $(INSTALLED) $(FRONTEND)
 	$(BIN)/mypy
 	cd frontend && npm run --silent check
 
-test: lint $(CHROMIUM) $(PGBOUNCER)
+test: lint $(CHROMIUM) $(PGBOUNCER) $(PROMETHEUS)
 	cd frontend && npm test --silent
 	$(BIN)/pytest
 

@@ -30,6 +30,7 @@ SCENARIOS = {
 # Targets that are numbers (see bench/README.md and the issues they come from).
 FLOOR_CPU_TARGETS = {"api_user": 2.0, "healthz": 1.3}  # CPU per request, x the floor's
 LOGIN_OVER_FLOOR = 0.045  # sign-ins/s over the floor's requests/s
+METRICS_COST = 1.05  # CPU per request of api_user, METRICS_PORT set over unset
 PACED_P99_MS = 25.0
 OVERLOAD_RATIO, OVERLOAD_P99_MS = 0.5, 1000.0  # api_user_c1000 over healthz_c1000; its p99
 FLEET_IDLE_CORES, FLEET_IDLE_XIDS = 0.05, 10.0
@@ -115,6 +116,15 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 f"{s['bare_floor']['cpu_us_per_request']:,.0f} µs)",
                 ratio <= limit,
             )
+    cost = results.get("metrics_cost")
+    if cost:
+        add(
+            f"api_user with METRICS_PORT set: CPU per request ≤ {METRICS_COST:g}x unset "
+            "(interleaved runs)",
+            f"{cost['ratio']:.3f}x ({cost['on_cpu_us_per_request']:,.1f} vs "
+            f"{cost['off_cpu_us_per_request']:,.1f} µs)",
+            cost["ratio"] <= METRICS_COST and cost["scraped"],
+        )
     if "login" in s:
         ratio = _ratio(s, "login", "bare_floor")
         if ratio is not None:
@@ -300,7 +310,7 @@ def as_json(results: dict[str, Any], date: str) -> dict[str, Any]:
         "worker_processes_verifying_tokens": results.get("worker_processes_verifying_tokens"),
         "by_the_fleet": results.get("cert_fetches_by_the_fleet"),
     }
-    for key in ("revocation", "fleet_idle", "fleet_revocation"):
+    for key in ("revocation", "metrics_cost", "fleet_idle", "fleet_revocation"):
         document[key] = results.get(key)
     for key in ("memory", "exit_codes", "logs", "settings", "elapsed_s"):
         document[key] = results.get(key)

@@ -40,6 +40,7 @@ from bench.browser import SESSION_COOKIE, expect, sign_in
 from bench.console import log
 from bench.instances import REAPER, Service, memory_of
 from bench.issuer import CLIENT_ID, Issuer, mint_pairs
+from bench.metrics_cost import metrics_cost
 from bench.revocation import revocation
 from bench.wrk import WrkRun, run_wrk
 
@@ -521,6 +522,9 @@ async def bench_main(settings: Settings) -> dict[str, Any]:
             headers=session_headers, extra={"rows_per_response": 100},
         )  # fmt: skip
 
+        metrics = await metrics_cost(bench, a, env, session_headers)
+        exit_codes["m"] = metrics["exit_code"]
+
         await signin.closed_loop(bench, a)
         await signin.paced(bench, a)
         _, many_ips = await signin.many_addresses(bench, env, client)
@@ -587,6 +591,7 @@ async def bench_main(settings: Settings) -> dict[str, Any]:
         results = {
             "scenarios": bench.results,
             "revocation": revoked,
+            "metrics_cost": metrics,
             "fleet_idle": fleet_results["fleet_idle"],
             "fleet_revocation": fleet_results["fleet_revocation"],
             "disk": disk,
@@ -601,6 +606,7 @@ async def bench_main(settings: Settings) -> dict[str, Any]:
         windows["revocation"] = revocation_window
         windows["fleet"] = [fleet_started, time.time()]
         logs = {service.name: service.log_path for service in (floor, a, many_ips, b)}
+        logs["m"] = Path(metrics["log"])
         logs.update({path.stem.removeprefix("service-"): path for path in fleet_results["logs"]})
         results["logs"] = {name: log_problems(path, windows) for name, path in logs.items()}
         if settings.keep_logs:

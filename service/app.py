@@ -14,6 +14,7 @@ from service.config import CONFIG, Config
 from service.db import pool_ctx
 from service.housekeeping import purge_ctx
 from service.logs import AccessLog
+from service.metrics import METRICS, Metrics, metrics_ctx
 from service.payload import MAX_BODY_BYTES
 from service.routes import customers, docs, health, login, sessions, user
 from service.routes.admin import create_admin_app
@@ -26,6 +27,7 @@ def create_app(config: Config) -> web.Application:
         client_max_size=MAX_BODY_BYTES,
     )
     app[middleware.ACCESS_LOG] = AccessLog(config.log_format)
+    app[METRICS] = Metrics()
     app[middleware.ADMISSION] = asyncio.Semaphore(config.requests_in_flight)
     if config.trusted_proxies:
         # Probes come straight from the load balancer, with no proxy in between.
@@ -54,7 +56,8 @@ def create_app(config: Config) -> web.Application:
     app.add_subapp("/api", api)
     frontend.add_routes(app)
 
-    app.cleanup_ctx.extend([pool_ctx, session_cache_ctx, verifier_ctx, purge_ctx])
+    # Metrics last: they read the others' state, until they stop.
+    app.cleanup_ctx.extend([pool_ctx, session_cache_ctx, verifier_ctx, purge_ctx, metrics_ctx])
     return app
 
 

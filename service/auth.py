@@ -14,6 +14,7 @@ import logging
 import math
 import re
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -117,6 +118,12 @@ class GoogleCerts:
         self._attempted_at = -math.inf  # the last fetch's start, whatever its outcome
         self._failed = False  # whether that fetch failed
         self._fetching: asyncio.Task[None] | None = None
+        self._fetched_at: float | None = None  # when the certs in use were fetched
+        self.fetches: Counter[str] = Counter()  # by result, "ok" or "failed" (for metrics)
+
+    def age(self) -> float | None:
+        """Seconds since the certs in use were fetched; None before the first fetch."""
+        return None if self._fetched_at is None else time.monotonic() - self._fetched_at
 
     async def get(self, kid: str) -> dict[str, str]:
         """The certs to verify a token signed with `kid` against."""
@@ -171,6 +178,7 @@ class GoogleCerts:
                 raise ValueError("the certs are not a JSON object of certificates")
         except (aiohttp.ClientError, TimeoutError, ValueError, RecursionError) as error:
             self._failed = True
+            self.fetches["failed"] += 1
             timed_out = isinstance(error, TimeoutError)
             reason = "no answer in time" if timed_out else type(error).__name__
             log.warning("fetching Google's certs failed: %s", reason)
@@ -178,8 +186,10 @@ class GoogleCerts:
         finally:
             self._fetching = None
         self._failed = False
+        self.fetches["ok"] += 1
         self._certs = certs
-        self._fresh_until = time.monotonic() + max(lifetime, self.min_lifetime)
+        self._fetched_at = time.monotonic()
+        self._fresh_until = self._fetched_at + max(lifetime, self.min_lifetime)
 
 
 class CertsUnavailable(Exception):

@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> None:
             if not args.no_migrate:
                 schema.upgrade(config.database_url)
             run(config)
+    except ConfigError as error:  # found only as the service starts, such as a port in use
+        sys.exit(f"configuration error: {error}")
     except operator.OperatorError as error:
         sys.exit(f"error: {error}")
     except ApiError as error:  # a refusal the API would give too, such as removing the last admin

@@ -71,6 +71,8 @@ class Config:
     # sustained overload the queue sheds load instead of growing. Not a setting; tests shorten it.
     admission_timeout: float = 5.0
     session_cache: bool = True
+    metrics_port: int | None = None  # Prometheus metrics on a listener of their own; off unset
+    metrics_host: str = "127.0.0.1"
     # How old a pass over the change log may be when a session is checked, for the cache to
     # answer from memory: with a request's round trip, the 50 ms promised for revocation. Not a
     # setting (the promise is the product); the tests set 0 to run every check through a pass.
@@ -180,6 +182,13 @@ class Config:
         reader.check(
             "LOG_FORMAT", log_format, log_format in ("text", "json"), "must be text or json"
         )
+        metrics_port = reader.integer("METRICS_PORT", 0, low=1, high=65535) or None
+        metrics_host = reader.text("METRICS_HOST", "127.0.0.1")
+        reader.check("METRICS_HOST", metrics_host, _is_ip(metrics_host), "must be an IP address")
+        if metrics_port == port:
+            raise ConfigError(
+                "METRICS_PORT must differ from PORT: the public port never serves them"
+            )
         return cls(
             host=host,
             port=port,
@@ -218,6 +227,8 @@ class Config:
             shutdown_timeout=reader.integer("SHUTDOWN_TIMEOUT", 10, low=1, high=3600),
             requests_in_flight=reader.integer("REQUESTS_IN_FLIGHT", 64, low=1, high=100_000),
             session_cache=reader.boolean("SESSION_CACHE", True),
+            metrics_port=metrics_port,
+            metrics_host=metrics_host,
         )
 
 
@@ -330,6 +341,14 @@ def _is_certs_url(value: str) -> bool:
 def _has_no_host_bits(value: str) -> bool:
     try:
         ipaddress.ip_network(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
     except ValueError:
         return False
     return True

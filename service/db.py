@@ -85,9 +85,18 @@ class Pool(asyncpg.Pool):  # type: ignore[misc]
     """
 
     acquire_timeout: float | None = None
+    waiting = 0  # acquisitions in progress: at any moment the loop can see, waiting ones
 
     def acquire(self, *, timeout: float | None = None) -> Any:
         return super().acquire(timeout=self.acquire_timeout if timeout is None else timeout)
+
+    async def _acquire(self, timeout: float | None) -> Any:  # noqa: ASYNC109 - asyncpg's
+        # asyncpg counts no waiters; this is the one method every acquisition goes through.
+        self.waiting += 1
+        try:
+            return await super()._acquire(timeout)
+        finally:
+            self.waiting -= 1
 
 
 def start_embedded(data_dir: Path = EMBEDDED_DATA_DIR) -> str:

@@ -18,18 +18,22 @@ from aiohttp import web
 from service import audit, nonces, ratelimit, session_cache, sessions
 from service.config import CONFIG, Config
 from service.db import DATABASE_UNAVAILABLE, POOL
+from service.metrics import METRICS, Metrics
 
 log = logging.getLogger(__name__)
 
 PURGE_INTERVAL = 60.0
 
 
-async def purge_forever(pool: asyncpg.Pool, config: Config, *, every: float) -> None:
+async def purge_forever(
+    pool: asyncpg.Pool, config: Config, metrics: Metrics, *, every: float
+) -> None:
     changes = session_cache.ChangeLogPurge()
 
     async def purge_sessions() -> None:
         if purged := await sessions.purge_expired(pool, idle_timeout=config.session_idle_timeout):
             log.info("purged %d expired sessions", purged)
+            metrics.sessions_ended("expired", purged)
 
     async def purge_events() -> None:
         if config.audit_retention_days and (
@@ -54,7 +58,9 @@ async def purge_forever(pool: asyncpg.Pool, config: Config, *, every: float) -> 
 
 
 async def purge_ctx(app: web.Application) -> AsyncIterator[None]:
-    task = asyncio.create_task(purge_forever(app[POOL], app[CONFIG], every=PURGE_INTERVAL))
+    task = asyncio.create_task(
+        purge_forever(app[POOL], app[CONFIG], app[METRICS], every=PURGE_INTERVAL)
+    )
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):

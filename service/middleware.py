@@ -40,6 +40,7 @@ from service.errors import (
     error_response,
 )
 from service.logs import AccessLog
+from service.metrics import METRICS
 from service.payload import source_of
 from service.session_cache import SESSION_CACHE
 from service.sessions import CurrentSession
@@ -88,11 +89,19 @@ async def access_log(request: web.Request, handler: Handler) -> web.StreamRespon
         status = response.status
         return response
     finally:
-        duration_ms = round((time.perf_counter() - started) * 1000, 1)
+        seconds = time.perf_counter() - started
         # raw_path stays percent-encoded, so a crafted path cannot forge log lines.
         request.app[ACCESS_LOG].write(
-            request.method, request.rel_url.raw_path, status, duration_ms, entry.user_id
+            request.method,
+            request.rel_url.raw_path,
+            status,
+            round(seconds * 1000, 1),
+            entry.user_id,
         )
+        # By route template, never the raw path: a label's values must be few.
+        resource = request.match_info.route.resource
+        route = "unmatched" if resource is None else resource.canonical
+        request.app[METRICS].request(route, request.method, status, seconds)
 
 
 @web.middleware
@@ -196,6 +205,7 @@ async def _charge_login_budget(request: web.Request) -> None:
     limit = request.config_dict[CONFIG].login_rate_limit
     wait = await ratelimit.hit(request.config_dict[POOL], source_of(request), limit)
     if wait:
+        request.config_dict[METRICS].signin("failed", "rate_limited")
         raise TooManyRequests(
             "rate_limited",
             "Too many sign-in attempts from this address; try again later.",

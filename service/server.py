@@ -20,6 +20,7 @@ from aiohttp.web_request import BaseRequest
 from aiohttp.worker import GunicornWebWorker
 from gunicorn.app.base import BaseApplication
 
+from service import metrics
 from service.app import create_app
 from service.config import Config
 from service.errors import error_response
@@ -132,6 +133,9 @@ class Worker(GunicornWebWorker):
     def load_wsgi(self) -> None:
         super().load_wsgi()
         app: web.Application = self.wsgi  # type: ignore[has-type]  # set by gunicorn
+        master = getattr(self.app, "metrics", None)  # the Server, as forked from the master
+        if master is not None and master.sock is not None:
+            app[metrics.LISTENER] = metrics.Listener(master.sock, self.metrics_slot)
 
         async def make_runner() -> Runner:
             return Runner(
@@ -149,6 +153,9 @@ class Worker(GunicornWebWorker):
 class Server(BaseApplication):  # type: ignore[misc]
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.metrics: metrics.Master | None = None
+        if config.metrics_port is not None:
+            self.metrics = metrics.Master(config.metrics_host, config.metrics_port)
         super().__init__()
 
     def load_config(self) -> None:
@@ -166,6 +173,9 @@ class Server(BaseApplication):  # type: ignore[misc]
             "proc_name": "google-session-service",
             "control_socket_disable": True,  # no management socket in $HOME
         }
+        if self.metrics is not None:
+            for hook in ("on_starting", "pre_fork", "child_exit", "on_exit"):
+                settings[hook] = getattr(self.metrics, hook)
         for key, value in settings.items():
             self.cfg.set(key, value)
 

@@ -81,6 +81,12 @@ class _Entry:
         return min(self.expires_at, self.touched_at + idle_timeout, self.cached_at + MAX_AGE)
 
 
+# Session checks, by where the answer came from and what it was (counted for metrics).
+FROM_MEMORY = ("memory", "ok")
+FROM_DATABASE = ("database", "ok")
+NO_SESSION = ("database", "none")
+
+
 class SessionCache:
     def __init__(self, pool: asyncpg.Pool, config: Config) -> None:
         assert config.database_url is not None
@@ -104,6 +110,27 @@ class SessionCache:
         # Bumped by every change read and every reset: a lookup that started before one may
         # have read what it dropped, so its result is not kept.
         self._version = 0
+        # For metrics: checks by (where the answer came from, result), and recent passes' times.
+        self.checks: collections.Counter[tuple[str, str]] = collections.Counter()
+        self._pass_durations: collections.deque[float] = collections.deque(maxlen=1000)
+
+    @property
+    def coherent(self) -> bool:
+        """Whether this worker may answer from memory now: it follows the change log, and is not
+        resting after a failure. An idle worker stays coherent: it reads when asked."""
+        return self.enabled and self._horizon is not None and time.monotonic() >= self._retry_at
+
+    @property
+    def last_pass_age(self) -> float | None:
+        """Seconds since the newest completed pass started; None before the first, or since a
+        failure."""
+        return None if self._proven_at == -math.inf else time.monotonic() - self._proven_at
+
+    def take_pass_durations(self) -> list[float]:
+        """The seconds each pass over the change log took, since the last call (for metrics)."""
+        taken = list(self._pass_durations)
+        self._pass_durations.clear()
+        return taken
 
     @property
     def size(self) -> tuple[int, int]:
@@ -120,6 +147,7 @@ class SessionCache:
                 if now - entry.touched_at >= self._touch_interval:
                     await sessions.touch(self._pool, entry.current.session.id)
                     entry.touched_at = now
+                self.checks[FROM_MEMORY] += 1
                 return entry.current
         if self._horizon is None and (task := self.start()) is not None:
             # No pass yet (just started, or just reconnected): one sets the horizon, without
@@ -135,7 +163,9 @@ class SessionCache:
         )
         self._drop(token_hash)
         if check is None:
+            self.checks[NO_SESSION] += 1
             return None
+        self.checks[FROM_DATABASE] += 1
         # Kept only if every change committed after the read will be in a later pass.
         if following and version == self._version and self._horizon is not None:
             self._keep(token_hash, check, now)
@@ -196,6 +226,7 @@ class SessionCache:
                     self._entries.pop(token_hash, None)
         self._horizon = row["snapshot"]
         self._proven_at = max(self._proven_at, started)
+        self._pass_durations.append(time.monotonic() - started)
         self._sweep()
         return True
 

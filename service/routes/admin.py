@@ -1,4 +1,5 @@
-"""Admin: users, everyone's sessions and the audit log; a sub-app whose guard admits admins only.
+"""Admin: the service's status, users, everyone's sessions and the audit log; a sub-app whose
+guard admits admins only.
 
 Each change and its audit event commit together: an action that cannot be recorded is not done.
 Changes run one at a time, each checking again that its admin still is one.
@@ -6,6 +7,7 @@ Changes run one at a time, each checking again that its admin still is one.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -13,10 +15,11 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
-from service import audit, sessions, users
+from service import audit, sessions, stats, users
 from service.config import CONFIG
 from service.db import POOL
 from service.errors import Conflict, NotFound
+from service.metrics import METRICS
 from service.middleware import CURRENT_SESSION, SESSIONS_CHANGED, require_admin
 from service.payload import (
     MAX_BIGINT,
@@ -32,6 +35,7 @@ from service.payload import (
     read_json_object,
     text_field,
 )
+from service.session_cache import SESSION_CACHE, SessionCache
 
 routes = web.RouteTableDef()
 
@@ -121,6 +125,7 @@ async def update_user(request: web.Request) -> web.Response:
             admin=admin,
             sessions_revoked=revoked,
         )
+    request.config_dict[METRICS].sessions_ended("revoked_by_admin", revoked)
     live = await sessions.count_live(
         request.config_dict[POOL], [user_id], idle_timeout=_idle_timeout(request)
     )
@@ -149,6 +154,7 @@ async def revoke_user_sessions(request: web.Request) -> web.Response:
         await _record(
             conn, request, "admin_sessions_revoked", target_user_id=user_id, count=revoked
         )
+    request.config_dict[METRICS].sessions_ended("revoked_by_admin", revoked)
     return web.json_response({"revoked": revoked})
 
 
@@ -179,7 +185,53 @@ async def revoke_session(request: web.Request) -> web.Response:
             target_user_id=owner,
             session_id=str(session_id),
         )
+    request.config_dict[METRICS].sessions_ended("revoked_by_admin")
     return web.Response(status=204)
+
+
+@routes.get("/status")
+async def status(request: web.Request) -> web.Response:
+    """Live counts, the last day's sign-ins, and this worker's session cache."""
+    async with request.config_dict[POOL].acquire() as conn:
+        counts = await stats.live_counts(conn, idle_timeout=_idle_timeout(request))
+        hours = await audit.sign_ins_by_hour(conn)
+        reasons = await audit.failure_reasons(
+            conn, since=hours[0].start, limit=audit.TOP_FAILURE_REASONS
+        )
+    sign_ins = {
+        "since": hours[0].start.isoformat(),
+        "ok": sum(h.ok for h in hours),
+        "failed": sum(h.failed for h in hours),
+        "hours": [h.public() for h in hours],
+        "failure_reasons": [r.public() for r in reasons],
+    }
+    return web.json_response(
+        {
+            **counts.public(),
+            "sign_ins": sign_ins,
+            "session_cache": _session_cache_status(request.config_dict[SESSION_CACHE]),
+        }
+    )
+
+
+def _session_cache_status(cache: SessionCache) -> dict[str, Any]:
+    """The cache of the worker that answers: each worker has its own."""
+    held_sessions, held_users = cache.size
+    coherent, last_pass_age = cache.coherent, cache.last_pass_age
+    return {
+        "worker": os.getpid(),
+        "enabled": cache.enabled,
+        "coherent": coherent,
+        "last_pass_age": None if last_pass_age is None else round(last_pass_age, 3),
+        "fresh_for": cache.fresh_for,
+        "sessions": held_sessions,
+        "users": held_users,
+    }
+
+
+@routes.get("/audit/kinds")
+async def list_audit_kinds(request: web.Request) -> web.Response:
+    return web.json_response({"kinds": list(audit.KINDS)})
 
 
 @routes.get("/audit")
@@ -187,6 +239,7 @@ async def list_audit(request: web.Request) -> web.Response:
     events, next_before = await audit.list_page(
         request.config_dict[POOL],
         user_id=query_int(request, "user_id", 0, low=1, high=MAX_BIGINT) or None,
+        user_email=query_text(request, "user_email", max_length=254),
         kind=query_text(request, "kind", max_length=64),
         before=query_int(request, "before", 0, low=1, high=MAX_BIGINT) or None,
         limit=query_int(request, "limit", 100, low=1, high=MAX_PAGE),

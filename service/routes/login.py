@@ -17,6 +17,7 @@ from service.cookies import (
 )
 from service.db import POOL
 from service.errors import ApiError, BadRequest, Forbidden, Unauthorized
+from service.metrics import METRICS
 from service.middleware import REQUEST_LOG, SESSIONS_CHANGED
 from service.payload import client_of, read_json_object, source_of
 
@@ -62,10 +63,16 @@ async def login(request: web.Request) -> web.Response:
         email = verified.identity.email
         nonce_cookie = _nonce_cookie_of(request, verified)
         matched = verified
-        user, token = await _sign_in(request, verified)
+        user, token, replaced = await _sign_in(request, verified)
     except ApiError as error:
         await _refused(request, error, email=email, matched=matched)
+        request.config_dict[METRICS].signin("failed", error.code)
         raise
+    metrics = request.config_dict[METRICS]
+    metrics.signin("ok", "ok")
+    metrics.session_created()
+    if replaced:
+        metrics.sessions_ended("replaced")
     request[SESSIONS_CHANGED] = True
     request[REQUEST_LOG].user_id = user.id
     response = web.json_response({"user": user.public()})
@@ -110,7 +117,11 @@ def _nonce_cookie_of(request: web.Request, verified: auth.VerifiedToken) -> str:
     raise Unauthorized("invalid_nonce", "The sign-in does not match this browser's login nonce.")
 
 
-async def _sign_in(request: web.Request, verified: auth.VerifiedToken) -> tuple[users.User, str]:
+async def _sign_in(
+    request: web.Request, verified: auth.VerifiedToken
+) -> tuple[users.User, str, bool]:
+    """The user signed in, the new session's token, and whether a session the browser brought
+    was ended."""
     config = request.config_dict[CONFIG]
     pool = request.config_dict[POOL]
     client = client_of(request)
@@ -136,7 +147,7 @@ async def _sign_in(request: web.Request, verified: auth.VerifiedToken) -> tuple[
             **client,
         )
         if user is not None:
-            return user, token
+            return user, token, False
     # One transaction, one durable commit: the user, the spent nonce, the session the browser
     # brought ended, the new session and the audit event stand or fall together. The user's
     # row is locked before the nonce is spent, in the one statement's order, so that replays
@@ -146,7 +157,8 @@ async def _sign_in(request: web.Request, verified: auth.VerifiedToken) -> tuple[
         if not await nonces.spend(conn, verified.nonce, until=nonce_until):
             raise Unauthorized("nonce_replayed", "This sign-in token has already been used.")
         # A new session on every sign-in; any session the browser brought is ended (no fixation).
-        if previous and (ended := await sessions.invalidate_session_token(conn, previous)):
+        ended = await sessions.invalidate_session_token(conn, previous) if previous else None
+        if ended:
             await audit.record(
                 conn,
                 "session_revoked",
@@ -159,7 +171,7 @@ async def _sign_in(request: web.Request, verified: auth.VerifiedToken) -> tuple[
             conn, token, user.id, lifetime=config.session_absolute_timeout, **client
         )
         await audit.record(conn, "login_ok", user_id=user.id, **client, session_id=str(session.id))
-    return user, token
+    return user, token, ended is not None
 
 
 @routes.post("/logout")
@@ -175,6 +187,8 @@ async def logout(request: web.Request) -> web.Response:
                 await audit.record(
                     conn, "logout", user_id=ended[1], **client_of(request), session_id=str(ended[0])
                 )
+        if ended:  # committed
+            request.config_dict[METRICS].sessions_ended("logout")
     response = web.Response(status=204)
     delete_session_cookie(response, config)
     return response

@@ -9,6 +9,7 @@ from service.config import CONFIG
 from service.cookies import delete_session_cookie
 from service.db import POOL
 from service.errors import NotFound
+from service.metrics import METRICS
 from service.middleware import CURRENT_SESSION, SESSIONS_CHANGED
 from service.payload import client_of, path_uuid
 
@@ -43,6 +44,7 @@ async def revoke_my_session(request: web.Request) -> web.Response:
             session_id=str(session_id),
             reason="user",
         )
+    request.config_dict[METRICS].sessions_ended("revoked_by_user")
     request[SESSIONS_CHANGED] = True
     response = web.Response(status=204)
     if session_id == current.session.id:
@@ -66,5 +68,6 @@ async def revoke_my_other_sessions(request: web.Request) -> web.Response:
                 count=revoked,
                 reason="user_revoked_others",
             )
+    request.config_dict[METRICS].sessions_ended("revoked_by_user", revoked)
     request[SESSIONS_CHANGED] = True
     return web.json_response({"revoked": revoked})
