@@ -28,7 +28,8 @@ COPY service/ service/
 COPY migrations/ migrations/
 # Editable, so the service finds its migrations and the frontend build beside it in /app
 # (service/schema.py ROOT is the package's parent directory).
-RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check -e . \
+# With the `otel` extra: traces are then one environment variable away (README).
+RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check -e '.[otel]' \
   && /opt/venv/bin/python -m compileall -q service migrations
 
 FROM ${PYTHON_BASE}

@@ -8,7 +8,7 @@ import aiohttp_cors
 from aiohttp import web
 from aiohttp_remotes import XForwardedStrict
 
-from service import devlogin, frontend, middleware, schema
+from service import devlogin, frontend, middleware, schema, tracing
 from service.auth import LOCAL_CERTS, verifier_ctx
 from service.config import CONFIG, Config
 from service.db import pool_ctx
@@ -26,7 +26,7 @@ def create_app(config: Config) -> web.Application:
         middlewares=[middleware.access_log, middleware.errors],
         client_max_size=MAX_BODY_BYTES,
     )
-    app[middleware.ACCESS_LOG] = AccessLog(config.log_format)
+    app[middleware.ACCESS_LOG] = AccessLog()
     app[METRICS] = Metrics()
     app[middleware.ADMISSION] = asyncio.Semaphore(config.requests_in_flight)
     if config.trusted_proxies:
@@ -56,8 +56,11 @@ def create_app(config: Config) -> web.Application:
     app.add_subapp("/api", api)
     frontend.add_routes(app)
 
-    # Metrics last: they read the others' state, until they stop.
+    # Metrics last: started after the parts they read, stopped before them.
     app.cleanup_ctx.extend([pool_ctx, session_cache_ctx, verifier_ctx, purge_ctx, metrics_ctx])
+    if config.tracing:
+        tracing.instrument(app, tracing.otlp_provider())
+    app.cleanup_ctx.append(tracing.tracing_ctx)
     return app
 
 

@@ -13,6 +13,8 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from service import tracing
+
 GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
 GOOGLE_CLIENT_SCRIPT_URL = "https://accounts.google.com/gsi/client"
 DEV_CLIENT_ID = "dev-login.apps.localhost"
@@ -73,6 +75,7 @@ class Config:
     session_cache: bool = True
     metrics_port: int | None = None  # Prometheus metrics on a listener of their own; off unset
     metrics_host: str = "127.0.0.1"
+    tracing: bool = False  # OpenTelemetry traces, on when an OTLP endpoint is configured
     # How old a pass over the change log may be when a session is checked, for the cache to
     # answer from memory: with a request's round trip, the 50 ms promised for revocation. Not a
     # setting (the promise is the product); the tests set 0 to run every check through a pass.
@@ -189,6 +192,12 @@ class Config:
             raise ConfigError(
                 "METRICS_PORT must differ from PORT: the public port never serves them"
             )
+        tracing_on = tracing.configured(env)
+        if tracing_on and not tracing.installed():
+            raise ConfigError(
+                "an OTLP endpoint is set (OTEL_EXPORTER_OTLP_ENDPOINT) but OpenTelemetry is not "
+                "installed: install the service with its `otel` extra"
+            )
         return cls(
             host=host,
             port=port,
@@ -229,6 +238,7 @@ class Config:
             session_cache=reader.boolean("SESSION_CACHE", True),
             metrics_port=metrics_port,
             metrics_host=metrics_host,
+            tracing=tracing_on,
         )
 
 

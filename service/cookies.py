@@ -17,10 +17,11 @@ from service.config import Config
 from service.nonces import NONCE_COOKIE_LIFETIME
 
 # Cookie headers whose session token hash a worker remembers, by their own SHA-256 (no secret
-# kept): a browser sends the same header every time, and aiohttp's parse of it (every cookie
-# in it, into Morsels) was 5% of a session check.
+# kept), the least recently used going first: a browser sends the same header every time, and
+# aiohttp's parse of it (every cookie in it, into Morsels) was 5% of a session check. Headers
+# with no session cookie are not kept: random ones cannot push out the browsers' headers.
 RECENT_COOKIE_HEADERS = 256
-_recent: dict[bytes, bytes | None] = {}
+_recent: dict[bytes, bytes] = {}
 
 
 def session_token_hash(request: web.Request, config: Config) -> bytes | None:
@@ -29,15 +30,15 @@ def session_token_hash(request: web.Request, config: Config) -> bytes | None:
     name = config.session_cookie_name
     header = request.headers.get(hdrs.COOKIE, "")
     key = hashlib.sha256(f"{name}\0{header}".encode("utf-8", "surrogateescape")).digest()
-    try:
-        return _recent[key]
-    except KeyError:
-        pass
-    token = request.cookies.get(name)
-    token_hash = sessions.hash_token(token) if token else None
-    if len(_recent) >= RECENT_COOKIE_HEADERS:
-        del _recent[next(iter(_recent))]  # the oldest
-    _recent[key] = token_hash
+    token_hash = _recent.pop(key, None)
+    if token_hash is None:
+        token = request.cookies.get(name)
+        if not token:
+            return None
+        token_hash = sessions.hash_token(token)
+        if len(_recent) >= RECENT_COOKIE_HEADERS:
+            del _recent[next(iter(_recent))]  # the least recently used
+    _recent[key] = token_hash  # the most recently used, last
     return token_hash
 
 

@@ -15,6 +15,8 @@ from typing import Any
 FLUSH_EVERY = 0.5  # seconds a line may wait in memory (a SIGKILL loses at most that much)
 MAX_LINES = 10_000  # written at once when this many wait, and kept at most while stderr fails
 
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
@@ -133,18 +135,16 @@ class AccessLog:
 
     It is the line `logging` would write for the same call (a test holds the two equal), but a
     LogRecord, the handler's generic path and the formatter were a seventh of the cost of a
-    request answered from memory. Where logging is set up otherwise (tests capturing records,
-    an embedding app), the line goes through `logging` as any other.
+    request answered from memory. Only while the service's own setup is the whole of it: where
+    logging is set up otherwise (tests capturing records, an embedding app, a filter, a level),
+    the line goes through `logging` as any other.
     """
 
-    def __init__(self, log_format: str) -> None:
+    def __init__(self) -> None:
         self._logger = logging.getLogger("service.access")
-        self._json = log_format == "json"
+        self._handler, self._json = _sole_handler(self._logger)
         self._second = -1
-        self._stamp = ""  # the time of day up to the second, as the format writes it
-        root = logging.getLogger().handlers
-        fast = len(root) == 1 and isinstance(root[0], BatchingHandler)
-        self._handler = root[0] if fast and not self._logger.handlers else None
+        self._stamp = ""  # a text line's time of day up to the second
 
     def write(
         self, method: str, path: str, status: int, duration_ms: float, user_id: int | None
@@ -152,24 +152,16 @@ class AccessLog:
         if not self._logger.isEnabledFor(logging.INFO):
             return
         message = f"{method} {path} {status} {duration_ms:.1f}ms user={user_id or '-'}"
-        if not isinstance(self._handler, BatchingHandler):
+        if self._handler is None:
             fields = {"method": method, "path": path, "status": status}
             fields.update(duration_ms=duration_ms, user_id=user_id)
             self._logger.info("%s", message, extra=fields)
             return
         now = time.time()
-        second, milliseconds = int(now), int((now % 1) * 1000)
-        if second != self._second:
-            self._second = second
-            self._stamp = (
-                datetime.fromtimestamp(second, UTC).isoformat()[:19]
-                if self._json
-                else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
-            )
         if self._json:
             line = json.dumps(
                 {
-                    "time": f"{self._stamp}.{milliseconds:03d}+00:00",
+                    "time": datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds"),
                     "level": "info",
                     "logger": "service.access",
                     "message": message,
@@ -181,8 +173,35 @@ class AccessLog:
                 }
             )
         else:
-            line = f"{self._stamp},{milliseconds:03d} INFO service.access: {message}"
+            second = int(now)
+            if second != self._second:  # formatted once a second, as logging's asctime
+                self._second = second
+                self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+            line = f"{self._stamp},{int((now - second) * 1000):03d} INFO service.access: {message}"
         self._handler.add_line(line)
+
+
+def _sole_handler(logger: logging.Logger) -> tuple[BatchingHandler | None, bool]:
+    """The service's handler, when it alone would write `logger`'s INFO lines, as they come and in
+    one of the service's formats; and whether that format is JSON."""
+    root = logging.getLogger()
+    if len(root.handlers) != 1 or not isinstance(root.handlers[0], BatchingHandler):
+        return None, False
+    handler = root.handlers[0]
+    chain: logging.Logger | None = logger
+    while chain is not None and chain is not root:
+        if chain.handlers or chain.filters or not chain.propagate:
+            return None, False
+        chain = chain.parent
+    if root.filters or handler.filters or handler.level > logging.INFO:
+        return None, False
+    formatter = handler.formatter
+    if isinstance(formatter, JsonFormatter):
+        return handler, True
+    plain = formatter is not None and type(formatter) is logging.Formatter
+    if plain and formatter._fmt == TEXT_FORMAT and formatter.datefmt is None:  # type: ignore[union-attr]
+        return handler, False
+    return None, False
 
 
 def write_through() -> None:
@@ -195,9 +214,7 @@ def write_through() -> None:
 def logging_config(log_format: str) -> dict[str, Any]:
     """A dictConfig for this process and, through gunicorn's logconfig_dict, its workers."""
     formatter: dict[str, Any] = (
-        {"()": JsonFormatter}
-        if log_format == "json"
-        else {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}
+        {"()": JsonFormatter} if log_format == "json" else {"format": TEXT_FORMAT}
     )
     return {
         "version": 1,

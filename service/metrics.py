@@ -15,12 +15,12 @@ whichever one accepts a scrape answers with every worker's counts, the dead ones
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import shutil
 import socket
 import tempfile
+import time
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -31,7 +31,7 @@ import asyncpg
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge, Histogram, multiprocess, values
 from prometheus_client import Counter as PCounter
-from prometheus_client.aiohttp import make_aiohttp_handler
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from service import stats
@@ -43,6 +43,7 @@ from service.session_cache import FROM_DATABASE, FROM_MEMORY, NO_SESSION, SESSIO
 log = logging.getLogger(__name__)
 
 FLUSH_EVERY = 1.0  # seconds a count may wait in a worker (a SIGKILL loses at most that much)
+SCRAPE_REUSE = 1.0  # seconds a scrape's answer serves other scrapes
 LIVE_COUNTS_EVERY = 60.0  # seconds between two counts of live sessions and users
 # Seconds: from an answer from memory (about 0.1 ms) to a sign-in waiting on Google's certs.
 DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -75,7 +76,8 @@ class Metrics:
         self._buckets = len(DURATION_BUCKETS) + 1
 
     def request(self, route: str, method: str, status: int, seconds: float) -> None:
-        key = (route, method if method in METHODS else "other", STATUS_CLASSES[status // 100 - 1])
+        status_class = STATUS_CLASSES[min(max(status // 100, 1), 5) - 1]
+        key = (route, method if method in METHODS else "other", status_class)
         counts = self.tallies.requests.get(key)
         if counts is None:
             counts = self.tallies.requests[key] = [0] * self._buckets + [0.0]
@@ -124,7 +126,11 @@ class Master:
 
     def on_starting(self, server: Any) -> None:
         # A directory of this run's own: files left by an earlier run would be counted again.
-        self.directory = tempfile.mkdtemp(prefix="service-metrics-")
+        try:
+            self.directory = tempfile.mkdtemp(prefix="service-metrics-")
+        except OSError as error:
+            why = f"METRICS_PORT: cannot make a directory for the counts: {error}"
+            raise ConfigError(why) from None
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = self.directory
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         try:
@@ -300,21 +306,51 @@ class Exported:
                 seen[key] = total
 
 
-def _scrape_app() -> web.Application:
-    registry = CollectorRegistry()
-    MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    app = web.Application()
-    app.router.add_get("/metrics", make_aiohttp_handler(registry))
-    return app
+class Scrapes:
+    """Answers scrapes: the merge of every worker's files and its text, built in a thread (with
+    many workers' files it takes tens of milliseconds, which on the event loop would stall this
+    worker's requests), once at a time, and kept for SCRAPE_REUSE seconds for any scrape that
+    comes meanwhile. prometheus-client's own aiohttp handler builds it on the event loop."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        MultiProcessCollector(self.registry)  # type: ignore[no-untyped-call]
+        self._lock = asyncio.Lock()
+        self._built: dict[str, tuple[float, bytes, str]] = {}  # Accept's choice: (when, body, type)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        async with self._lock:
+            built = self._built.get(content_type)
+            if built is None or time.monotonic() - built[0] > SCRAPE_REUSE:
+                body = await asyncio.to_thread(encoder, self.registry)
+                built = self._built[content_type] = (time.monotonic(), body, content_type)
+        response = web.Response(body=built[1], headers={"Content-Type": built[2]})
+        response.enable_compression()  # when the scraper accepts it, as Prometheus does
+        return response
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/metrics", self.handle)
+        return app
 
 
 async def metrics_ctx(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx: with a listener (METRICS_PORT), the flush, the live counts and the scrapes."""
+    """cleanup_ctx: with a listener (METRICS_PORT), the flush, the live counts and the scrapes.
+
+    Listed last in `create_app`, so it starts after the parts it reads and stops before them:
+    its last flush still sees them.
+    """
     listener = app.get(LISTENER)
     if listener is None:
         yield
         return
-    exported = Exported(listener.slot)
+    try:
+        exported = Exported(listener.slot)
+    except OSError as error:  # the directory is unwritable or full: serve, without metrics
+        log.error("metrics are off in this worker: %s", error)
+        yield
+        return
     metrics = app[METRICS]
 
     def flush() -> None:
@@ -324,7 +360,10 @@ async def metrics_ctx(app: web.Application) -> AsyncIterator[None]:
     async def flush_forever() -> None:
         while True:
             await asyncio.sleep(FLUSH_EVERY)
-            flush()
+            try:
+                flush()
+            except Exception:  # the counts wait for the next flush
+                log.exception("flushing metrics failed")
 
     async def count_live_forever() -> None:
         idle_timeout = app[CONFIG].session_idle_timeout
@@ -333,20 +372,27 @@ async def metrics_ctx(app: web.Application) -> AsyncIterator[None]:
                 live = await stats.live_counts(app[POOL], idle_timeout=idle_timeout)
             except (*DATABASE_UNAVAILABLE, asyncpg.PostgresError) as error:
                 log.warning("counting live sessions failed, will retry: %s", type(error).__name__)
+            except Exception:
+                log.exception("counting live sessions failed, will retry")
             else:
                 exported.live_sessions.set(live.sessions.value)
                 exported.users.set(live.users.value)
             await asyncio.sleep(LIVE_COUNTS_EVERY)
 
-    runner = web.AppRunner(_scrape_app(), access_log=None, handle_signals=False)
+    # A scrape that will not finish must not hold up the worker's stop.
+    runner = web.AppRunner(Scrapes().app(), access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     await web.SockSite(runner, listener.sock).start()
     tasks = [asyncio.create_task(flush_forever()), asyncio.create_task(count_live_forever())]
-    yield
-    await runner.cleanup()  # this worker takes no more scrapes; the master keeps the socket
-    for task in tasks:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-    flush()  # the last second's counts
-    exported.coherent.set(0)
+    try:
+        yield
+    finally:
+        await runner.cleanup()  # this worker takes no more scrapes; the master keeps the socket
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            flush()  # the last second's counts
+            exported.coherent.set(0)
+        except Exception:
+            log.exception("flushing metrics failed")

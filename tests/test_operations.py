@@ -703,40 +703,63 @@ def test_an_access_line_is_the_line_logging_would_write_for_it(
     handler.setStream(stream)
     handler.setFormatter(formatter)
     monkeypatch.setattr(logging.getLogger(), "handlers", [handler])
-    moments = [1_796_212_800.25, 1_796_212_800.999, 1_796_212_861.0]  # three lines, two seconds
-    calls = [("GET", "/api/user", 200, 0.3, 7), ("POST", "/api/login?x=%0A", 401, 12.0, None)]
+    # Within a second, across one, and the instants where rounding and truncating differ.
+    moments = [1_796_212_800.25, 1_796_212_800.1239996, 1_796_212_800.9999997, 1_796_212_861.0]
+    calls = [("GET", "/api/user", 200, 0.3, 7), ("POST", "/api/login?x=%0A", 401, 12.0, None)] * 2
+    lines, expected = [], []
     try:
-        access_log = logs.AccessLog(log_format)
-        for moment, call in zip(moments, calls + calls[:1], strict=True):
+        access_log = logs.AccessLog()
+        logger = logging.getLogger("service.access")
+        for moment, (method, path, status, duration_ms, user_id) in zip(
+            moments, calls, strict=True
+        ):
+            # logging takes its record's time from these, as the fast path does.
             monkeypatch.setattr(time, "time", lambda moment=moment: moment)
-            access_log.write(*call)
+            monkeypatch.setattr(time, "time_ns", lambda moment=moment: int(moment * 1e9))
+            access_log.write(method, path, status, duration_ms, user_id)
+            record = logger.makeRecord(
+                "service.access",
+                logging.INFO,
+                "",
+                0,
+                "%s %s %d %.1fms user=%s",
+                (method, path, status, duration_ms, user_id or "-"),
+                None,
+                extra={
+                    "method": method,
+                    "path": path,
+                    "status": status,
+                    "duration_ms": duration_ms,
+                    "user_id": user_id,
+                },
+            )
+            expected.append(formatter.format(record))
+        monkeypatch.undo()
         handler.flush()
+        lines = stream.getvalue().splitlines()
     finally:
         handler.close()
+    assert lines == expected
 
-    expected = []
-    for moment, (method, path, status, duration_ms, user_id) in zip(
-        moments, calls + calls[:1], strict=True
-    ):
-        record = logging.getLogger("service.access").makeRecord(
-            "service.access",
-            logging.INFO,
-            "",
-            0,
-            "%s %s %d %.1fms user=%s",
-            (method, path, status, duration_ms, user_id or "-"),
-            None,
-            extra={
-                "method": method,
-                "path": path,
-                "status": status,
-                "duration_ms": duration_ms,
-                "user_id": user_id,
-            },
-        )
-        record.created, record.msecs = moment, int((moment % 1) * 1000)
-        expected.append(formatter.format(record))
-    assert stream.getvalue().splitlines() == expected
+
+def test_an_access_line_goes_through_logging_where_logging_is_set_up_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    handler = logs.BatchingHandler()
+    handler.setFormatter(logging.Formatter(logs.TEXT_FORMAT))
+    monkeypatch.setattr(logging.getLogger(), "handlers", [handler])
+    try:
+        assert logs.AccessLog()._handler is handler
+        handler.addFilter(lambda record: False)  # an operator's filter must still apply
+        assert logs.AccessLog()._handler is None
+        handler.filters.clear()
+        monkeypatch.setattr(logging.getLogger("service"), "propagate", False)
+        assert logs.AccessLog()._handler is None
+        monkeypatch.setattr(logging.getLogger("service"), "propagate", True)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        assert logs.AccessLog()._handler is None
+    finally:
+        handler.close()
 
 
 def test_while_stderr_fails_a_line_costs_no_write_and_the_newest_lines_are_kept(

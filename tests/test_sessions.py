@@ -119,6 +119,7 @@ def test_a_remembered_cookie_header_gives_what_aiohttp_parses_and_no_secret_is_k
     empty = make_mocked_request("GET", "/", headers={"Cookie": "session_id=; a=b"})
     assert cookies.session_token_hash(empty, plain) is None
 
+    assert cookies._recent, "nothing remembered"
     for n in range(3 * cookies.RECENT_COOKIE_HEADERS):
         request = make_mocked_request("GET", "/", headers={"Cookie": f"session_id=token-{n}"})
         assert cookies.session_token_hash(request, plain) == hash_token(f"token-{n}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from service import audit, auth, devlogin, nonces, sessions, signins, users
+from service import audit, auth, devlogin, nonces, sessions, signins, tracing, users
 from service.access import public, rate_limited
 from service.auth import CLOCK_SKEW, VERIFIER
 from service.config import CONFIG, GOOGLE_CLIENT_SCRIPT_URL
@@ -15,7 +15,7 @@ from service.cookies import (
     set_nonce_cookie,
     set_session_cookie,
 )
-from service.db import POOL
+from service.db import DATABASE_UNAVAILABLE, POOL, database_failure
 from service.errors import ApiError, BadRequest, Forbidden, Unauthorized
 from service.metrics import METRICS
 from service.middleware import REQUEST_LOG, SESSIONS_CHANGED
@@ -58,15 +58,22 @@ async def login(request: web.Request) -> web.Response:
     email = None
     matched: auth.VerifiedToken | None = None  # a token whose nonce this browser holds
     try:
-        credential = await _read_credential(request)
-        verified = await request.config_dict[VERIFIER].verify(credential)
-        email = verified.identity.email
-        nonce_cookie = _nonce_cookie_of(request, verified)
-        matched = verified
-        user, token, replaced = await _sign_in(request, verified)
+        with tracing.span(request, "sign_in"):
+            credential = await _read_credential(request)
+            with tracing.span(request, "verify_token"):
+                verified = await request.config_dict[VERIFIER].verify(credential)
+            email = verified.identity.email
+            nonce_cookie = _nonce_cookie_of(request, verified)
+            matched = verified
+            user, token, replaced = await _sign_in(request, verified)
     except ApiError as error:
-        await _refused(request, error, email=email, matched=matched)
+        # Counted first: recording the refusal may fail too (the database in trouble).
         request.config_dict[METRICS].signin("failed", error.code)
+        await _refused(request, error, email=email, matched=matched)
+        raise
+    except DATABASE_UNAVAILABLE as error:
+        failure = database_failure(error)
+        request.config_dict[METRICS].signin("failed", failure[0] if failure else "database_error")
         raise
     metrics = request.config_dict[METRICS]
     metrics.signin("ok", "ok")
