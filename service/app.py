@@ -59,8 +59,8 @@ def create_app(config: Config) -> web.Application:
     # Metrics last: started after the parts they read, stopped before them.
     app.cleanup_ctx.extend([pool_ctx, session_cache_ctx, verifier_ctx, purge_ctx, metrics_ctx])
     if config.tracing:
-        tracing.instrument(app, tracing.otlp_provider())
-    app.cleanup_ctx.append(tracing.tracing_ctx)
+        tracing.instrument(app, tracing.otlp_exporter())
+    app.cleanup_ctx.insert(0, tracing.tracing_ctx)  # stops last: the others' spans get out
     return app
 
 

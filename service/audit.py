@@ -152,7 +152,8 @@ SELECT e.id, e.at, e.kind, e.user_id, coalesce(e.email, u.email) AS email, e.ip,
        e.detail
 FROM auth_events e LEFT JOIN users u ON u.id = e.user_id
 WHERE (e.user_id = (SELECT id FROM users WHERE lower(email) = lower($5))
-       OR (e.kind = 'login_failed' AND lower(e.detail->>'email') = lower($5)))
+       OR (e.kind IN ('login_failed', 'admin_user_created', 'admin_user_deleted')
+           AND lower(e.detail->>'email') = lower($5)))
   AND ($1::bigint IS NULL OR e.user_id = $1)
   AND ($2::text IS NULL OR e.kind = $2)
   AND ($3::bigint IS NULL OR e.id < $3)

@@ -193,6 +193,8 @@ class Config:
                 "METRICS_PORT must differ from PORT: the public port never serves them"
             )
         tracing_on = tracing.configured(env)
+        if tracing_on and (protocol := tracing.unsupported_protocol(env)):
+            raise ConfigError(f"{protocol}: traces are exported over OTLP/HTTP (http/protobuf)")
         if tracing_on and not tracing.installed():
             raise ConfigError(
                 "an OTLP endpoint is set (OTEL_EXPORTER_OTLP_ENDPOINT) but OpenTelemetry is not "

@@ -77,6 +77,9 @@ def database_failure(error: BaseException) -> tuple[str, str] | None:
     return None
 
 
+APPLICATION_NAME = "google-session-service"  # the pool's connections, in pg_stat_activity too
+
+
 class Pool(asyncpg.Pool):  # type: ignore[misc]
     """asyncpg's pool, where waiting for a connection times out by default.
 
@@ -157,6 +160,8 @@ async def create_pool(
         reset=keep_session,
         timeout=CONNECT_TIMEOUT,
         command_timeout=statement_timeout,
+        # Tells Postgres which deletions of sessions are the service's own (migration 0009).
+        server_settings={"application_name": APPLICATION_NAME},
         connection_class=asyncpg.Connection,
         record_class=asyncpg.Record,
         loop=None,

@@ -243,6 +243,7 @@ class Exported:
             multiprocess_mode="livemostrecent",
             registry=None,
         )
+        self._ended_outside: Gauge | None = None
         self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
         self._checks_seen: Counter[tuple[str, str]] = Counter()
         self._fetches_seen: Counter[str] = Counter()
@@ -254,6 +255,19 @@ class Exported:
             self.checks.labels(source, result)
         for result in ("ok", "failed"):
             self.certs_fetches.labels(result)
+
+    def set_ended_outside(self, sessions: int) -> None:
+        # Made at the first count: a gauge reads 0 until set, which rate() would take for a
+        # reset after every restart.
+        if self._ended_outside is None:
+            self._ended_outside = Gauge(
+                f"{PREFIX}sessions_ended_outside",
+                "Sessions ended by anyone but the service (plain SQL, the operator CLI), as "
+                "counted by Postgres for the whole database; it only grows.",
+                multiprocess_mode="livemax",
+                registry=None,
+            )
+        self._ended_outside.set(sessions)
 
     def write(self, tallies: Tallies) -> None:
         for key, counts in tallies.requests.items():
@@ -365,18 +379,23 @@ async def metrics_ctx(app: web.Application) -> AsyncIterator[None]:
             except Exception:  # the counts wait for the next flush
                 log.exception("flushing metrics failed")
 
+    async def count_live() -> None:
+        live = await stats.live_counts(app[POOL], idle_timeout=app[CONFIG].session_idle_timeout)
+        exported.live_sessions.set(live.sessions.value)
+        exported.users.set(live.users.value)
+
+    async def count_ended() -> None:
+        exported.set_ended_outside(await stats.sessions_ended_outside(app[POOL]))
+
     async def count_live_forever() -> None:
-        idle_timeout = app[CONFIG].session_idle_timeout
         while True:
-            try:
-                live = await stats.live_counts(app[POOL], idle_timeout=idle_timeout)
-            except (*DATABASE_UNAVAILABLE, asyncpg.PostgresError) as error:
-                log.warning("counting live sessions failed, will retry: %s", type(error).__name__)
-            except Exception:
-                log.exception("counting live sessions failed, will retry")
-            else:
-                exported.live_sessions.set(live.sessions.value)
-                exported.users.set(live.users.value)
+            for what, count in (("live sessions", count_live), ("ended sessions", count_ended)):
+                try:
+                    await count()
+                except (*DATABASE_UNAVAILABLE, asyncpg.PostgresError) as error:
+                    log.warning("counting %s failed, will retry: %s", what, type(error).__name__)
+                except Exception:
+                    log.exception("counting %s failed, will retry", what)
             await asyncio.sleep(LIVE_COUNTS_EVERY)
 
     # A scrape that will not finish must not hold up the worker's stop.

@@ -450,11 +450,11 @@ PATHS: dict[str, dict[str, Schema]] = {
                     "user_email",
                     {"type": "string", "maxLength": 254},
                     "only this person's (any case): the events of the user who has this email, "
-                    "and the failed sign-ins that tried it",
+                    "the failed sign-ins that tried it, and admins' creating or deleting it",
                 ),
                 query(
                     "kind",
-                    {"type": "string", "maxLength": 64},
+                    {"$ref": "#/components/schemas/EventKind"},
                     "one kind, e.g. login_failed (see /api/admin/audit/kinds)",
                 ),
                 query("before", ID, "next_before of the previous page"),

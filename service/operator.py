@@ -128,7 +128,9 @@ async def purge_expired(conn: asyncpg.Connection, config: Config) -> None:
 
 
 async def run(dsn: str, config: Config, args: Any) -> None:
-    conn = await asyncpg.connect(dsn)
+    # Not the service's pool's name: the sessions the CLI ends are counted as ended outside
+    # the service (migration 0009), whatever DATABASE_URL's application_name says.
+    conn = await asyncpg.connect(dsn, server_settings={"application_name": "session-service-cli"})
     try:
         await init_connection(conn)
         await _dispatch(conn, config, args)

@@ -63,3 +63,10 @@ async def live_counts(conn: asyncpg.Connection | asyncpg.Pool, *, idle_timeout: 
         sessions=await _capped(conn, "sessions", _LIVE_SESSIONS, idle_timeout),
         users=await _capped(conn, "users", _USERS),
     )
+
+
+async def sessions_ended_outside(conn: asyncpg.Connection | asyncpg.Pool) -> int:
+    """Sessions ended by anyone but the service (plain SQL, the operator CLI), as Postgres has
+    counted them since migration 0009: once each, whichever instance asks."""
+    counted: int | None = await conn.fetchval("SELECT sessions FROM sessions_ended_outside")
+    return counted or 0

@@ -1,22 +1,16 @@
 """OpenTelemetry traces: off unless an OTLP endpoint is configured (the `otel` extra).
 
-On, every request is a span (opentelemetry-instrumentation-aiohttp-server, with the route
-template as its name), every Postgres statement a child span (opentelemetry-instrumentation-
-asyncpg: the SQL text, never its parameters), and a sign-in has its own span with the token's
-verification in a child of it. No span carries a token, a cookie or a request body: the
-request span records the method, the route, the path and query (redacted by the
-instrumentation) and the user agent, and no header unless OTEL_INSTRUMENTATION_HTTP_CAPTURE_*
-asks for it (the README says not to name Cookie there).
-
-Off, nothing of OpenTelemetry is imported, no middleware is added and a sign-in's spans are a
-`nullcontext`.
+This module decides and holds the tracer; service/otel.py, imported only while traces are on,
+builds them so that no span carries a secret (README: Metrics and traces). Off, nothing of
+OpenTelemetry is imported, no middleware is added and a sign-in's spans are a `nullcontext`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib.util
-import warnings
+import os
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -24,11 +18,21 @@ from aiohttp import web
 
 # Either turns traces on; the SDK's default of localhost:4318 does not.
 ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
-SERVICE_NAME = "google-session-service"
+SERVICE_NAME = "google-session-service"  # unless OTEL_SERVICE_NAME says otherwise
+EXPORT_TIMEOUT = 2.0  # seconds
 
 
 def configured(env: Mapping[str, str]) -> bool:
     return any(env.get(name, "").strip() for name in ENDPOINT_VARIABLES)
+
+
+def unsupported_protocol(env: Mapping[str, str]) -> str | None:
+    """The OTLP protocol asked for, unless it is the one the `otel` extra exports with."""
+    for name in ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
+        protocol = env.get(name, "").strip()
+        if protocol:
+            return None if protocol == "http/protobuf" else f"{name}={protocol}"
+    return None
 
 
 def installed() -> bool:
@@ -63,46 +67,38 @@ def span(request: web.Request, name: str) -> contextlib.AbstractContextManager[A
     return started
 
 
-def instrument(app: web.Application, provider: Any) -> None:
-    """Traces for `app` through `provider`; before the app starts (its middlewares freeze)."""
-    from opentelemetry.instrumentation.aiohttp_server import (
-        AioHttpServerInstrumentor,
-        create_aiohttp_middleware,
+def instrument(app: web.Application, exporter: Any) -> None:
+    """Traces for `app`, exported through `exporter`; before the app starts (its middlewares
+    freeze then)."""
+    # Before the instrumentations read them: a captured header never shows a cookie, and the
+    # probes, which come every few seconds, make no traces.
+    os.environ.setdefault(
+        "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS",
+        "cookie,set-cookie,authorization",
     )
-    from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
+    os.environ.setdefault("OTEL_PYTHON_AIOHTTP_SERVER_EXCLUDED_URLS", "healthz,readyz")
+    from service import otel
 
-    # The instrumentor sets up the middleware's module state (the excluded URLs, its meters),
-    # and wraps every web.Application made from then on, sub-applications included, which would
-    # make a request to /api/admin three server spans: that wrapping is undone at once, and the
-    # middleware goes on the main app only.
-    server = AioHttpServerInstrumentor()
-    with warnings.catch_warnings():  # aiohttp discourages the subclass it makes, and is unused
-        warnings.simplefilter("ignore", DeprecationWarning)
-        server.instrument(tracer_provider=provider)
-    server.uninstrument()
-    app[TRACING] = Tracing(provider)
+    traces = otel.provider(exporter, None if os.environ.get("OTEL_SERVICE_NAME") else SERVICE_NAME)
+    app[TRACING] = Tracing(traces)
     # Outermost, so that the request's span holds everything the service does for it.
-    app.middlewares.insert(0, create_aiohttp_middleware(tracer_provider=provider))
-    instrumentor = AsyncPGInstrumentor()  # type: ignore[no-untyped-call]
-    if not instrumentor.is_instrumented_by_opentelemetry:
-        instrumentor.instrument(tracer_provider=provider)
+    app.middlewares.insert(0, otel.request_middleware(traces))
+    otel.instrument_asyncpg(traces)
 
 
-def otlp_provider() -> Any:
-    """A provider exporting in batches over OTLP/HTTP, to where the environment says."""
+def otlp_exporter() -> Any:
+    """OTLP over HTTP, to where the environment says; a collector that does not answer holds an
+    export (on its thread) for 2 s at most."""
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    provider = TracerProvider(resource=Resource.create({"service.name": SERVICE_NAME}))
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    return provider
+    return OTLPSpanExporter(timeout=EXPORT_TIMEOUT)
 
 
 async def tracing_ctx(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx: the spans still waiting are exported as the worker stops."""
+    """cleanup_ctx, first in the list so that it stops last: the spans still waiting are
+    exported, for at most EXPORT_TIMEOUT, as the worker stops."""
     yield
     tracing = app.get(TRACING)
     if tracing is not None:
-        tracing.provider.shutdown()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.to_thread(tracing.provider.shutdown), EXPORT_TIMEOUT)

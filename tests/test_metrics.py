@@ -15,12 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from service import stats
 from service.config import Config, ConfigError
+from tests.conftest import Browser
+from tests.conftest import Service as ServiceUnderTest
+from tests.issuer import Issuer
 from tests.test_instances import start_instance, wait_ready
-from tests.test_operations import cli_env
+from tests.test_operations import cli_env, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
@@ -173,6 +178,41 @@ async def test_docs_metrics_lists_every_metric_served_and_no_other(instance: Ins
     documented = set(re.findall(r"^\| `(session_service_\w+)`", read_docs(), re.MULTILINE))
     # A histogram is documented by its name; a counter by its name with _total.
     assert served == documented
+
+
+async def test_postgres_counts_the_sessions_ended_outside_the_service_once(
+    browser: Browser,
+    issuer: Issuer,
+    service: ServiceUnderTest,
+    db: asyncpg.Pool,
+    database_url: str,
+) -> None:
+    before = await stats.sessions_ended_outside(db)
+    user = (await browser.sign_in(issuer))["user"]
+    await browser.sign_in(issuer)  # replaces the browser's session
+    other = service.browser()
+    await other.sign_in(issuer)
+    sessions = (await (await browser.get("/api/sessions")).json())["results"]
+    [others] = [s for s in sessions if not s["current"]]
+    assert (await browser.request("DELETE", f"/api/sessions/{others['id']}")).status == 204
+    assert (await browser.post("/api/logout")).status == 204
+    # The service's own endings: none counted.
+    assert await stats.sessions_ended_outside(db) == before
+
+    for _ in range(2):
+        await service.browser().sign_in(issuer)
+    # The operator CLI's, whatever application_name DATABASE_URL names.
+    named = ("&" if "?" in database_url else "?") + "application_name=google-session-service"
+    env = cli_env(DATABASE_URL=database_url + named)
+    code, out, err = await run_cli("sessions", "revoke", "--user", user["email"], env=env)
+    assert code == 0, err
+    revoked = int(out.split()[1])
+    assert await stats.sessions_ended_outside(db) == before + revoked
+    # An operator's, by SQL (this pool is not the service's), and a TRUNCATE.
+    deleted = int((await db.execute("DELETE FROM sessions")).split()[-1])
+    await service.browser().sign_in(issuer)
+    await db.execute("TRUNCATE sessions")
+    assert await stats.sessions_ended_outside(db) == before + revoked + deleted + 1
 
 
 def read_docs() -> str:

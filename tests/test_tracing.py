@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from service import tracing
+from service import otel, tracing
 from service.app import create_app
 from service.config import Config, ConfigError
 from tests.conftest import CLIENT_ID, ServedAsInProduction, Service, service_config
 from tests.issuer import Issuer
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -32,11 +36,9 @@ async def test_a_sign_in_is_a_span_with_the_verification_in_its_own_and_no_secre
     issuer: Issuer,
     unused_tcp_port: int,
 ) -> None:
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
     config = service_config(database_url, issuer.certs_url, unused_tcp_port)
     app = create_app(config)
-    tracing.instrument(app, provider)
+    tracing.instrument(app, exporter)
     server = ServedAsInProduction(app, port=unused_tcp_port)
     await server.start_server(access_log=None)
     try:
@@ -46,9 +48,12 @@ async def test_a_sign_in_is_a_span_with_the_verification_in_its_own_and_no_secre
         assert (await browser.post("/api/login", json={"credential": credential})).status == 200
         token = browser.cookie("session_id")
         assert (await browser.get("/api/user")).status == 200
+        # A Host header no URL can be made of is answered, not turned into a 500.
+        assert (await browser.get("/api/config", headers={"Host": "x:99999"})).status == 200
         await browser.session.close()
     finally:
         await server.close()
+    app[tracing.TRACING].provider.force_flush()
 
     spans = exporter.get_finished_spans()
     by_name = {span.name: span for span in spans}
@@ -69,6 +74,30 @@ async def test_a_sign_in_is_a_span_with_the_verification_in_its_own_and_no_secre
         assert part not in everything
 
 
+def test_exported_spans_keep_no_query_string_and_no_exception_message(
+    exporter: InMemorySpanExporter,
+) -> None:
+    provider = otel.provider(exporter, "test")
+    tracer = provider.get_tracer("test")
+    query = "/api/admin/audit?user_email=someone%40example.org"
+    with (
+        pytest.raises(ValueError),
+        tracer.start_as_current_span(
+            "request", attributes={"http.target": query, "url.query": "user_email=someone"}
+        ),
+    ):
+        raise ValueError("DETAIL: Key (email)=(someone@example.org) already exists.")
+    provider.force_flush()
+
+    [span] = exporter.get_finished_spans()
+    assert span.attributes["http.target"] == "/api/admin/audit"
+    assert span.attributes["url.query"] == ""
+    [event] = span.events
+    assert dict(event.attributes) == {"exception.type": "ValueError"}
+    assert span.status.description is None
+    assert "someone" not in json.dumps(_readable(span))
+
+
 def _readable(span: ReadableSpan) -> dict[str, Any]:
     return {
         "name": span.name,
@@ -87,6 +116,29 @@ def test_traces_are_off_unless_an_otlp_endpoint_is_set() -> None:
     app = create_app(Config.from_env({"DEV_LOGIN": "1", "GOOGLE_CLIENT_ID": CLIENT_ID}))
     assert tracing.TRACING not in app
     assert len(app.middlewares) == 3  # access log, errors, admission: nothing of tracing
+
+
+def test_with_traces_off_nothing_of_opentelemetry_is_loaded() -> None:
+    program = (
+        "import sys\n"
+        "from service.app import create_app\n"
+        "from service.config import Config\n"
+        "create_app(Config.from_env({'DEV_LOGIN': '1'}))\n"
+        "print(sorted(m for m in sys.modules if m.startswith('opentelemetry')))\n"
+    )
+    command = [sys.executable, "-c", program]
+    ran = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)  # noqa: S603
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip() == "[]"
+
+
+def test_a_protocol_other_than_http_is_a_one_line_config_error() -> None:
+    variables = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+    }
+    with pytest.raises(ConfigError, match="OTEL_EXPORTER_OTLP_PROTOCOL=grpc"):
+        Config.from_env({"DEV_LOGIN": "1", **variables})
 
 
 def test_an_endpoint_without_the_extra_is_a_one_line_config_error(

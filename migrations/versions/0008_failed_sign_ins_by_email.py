@@ -19,20 +19,30 @@ depends_on = None
 
 INDEXES = {
     "auth_events_failed_email_idx": (
-        "auth_events (lower(detail->>'email')) WHERE kind = 'login_failed'"
+        "auth_events (lower(detail->>'email')) "
+        "WHERE kind IN ('login_failed', 'admin_user_created', 'admin_user_deleted')"
     ),
+    # The audit log filtered by kind, newest first: a rare kind must not scan the whole table.
+    "auth_events_kind_idx": "auth_events (kind, id DESC)",
 }
 
 
 def upgrade() -> None:
     # As in 0005: built without blocking writes, which cannot run in a transaction; a build that
     # was interrupted leaves an invalid index behind, so it is dropped first.
+    # A concurrent build waits for every older transaction, which migrations/env.py's
+    # lock_timeout would turn into a failed start (and an invalid index); it blocks no writer
+    # while it waits, so it may wait.
+    previous = op.get_bind().exec_driver_sql("SHOW lock_timeout").scalar()
     with op.get_context().autocommit_block():
+        op.execute("SET lock_timeout = 0")
         for name, definition in INDEXES.items():
             op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
             op.execute(f"CREATE INDEX CONCURRENTLY {name} ON {definition}")
+        op.execute(f"SET lock_timeout = '{previous}'")
 
 
 def downgrade() -> None:
-    for name in INDEXES:
-        op.execute(f"DROP INDEX {name}")
+    with op.get_context().autocommit_block():
+        for name in INDEXES:
+            op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")

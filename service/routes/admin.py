@@ -18,7 +18,7 @@ from aiohttp import web
 from service import audit, sessions, stats, users
 from service.config import CONFIG
 from service.db import POOL
-from service.errors import Conflict, NotFound
+from service.errors import BadRequest, Conflict, NotFound
 from service.metrics import METRICS
 from service.middleware import CURRENT_SESSION, SESSIONS_CHANGED, require_admin
 from service.payload import (
@@ -236,11 +236,14 @@ async def list_audit_kinds(request: web.Request) -> web.Response:
 
 @routes.get("/audit")
 async def list_audit(request: web.Request) -> web.Response:
+    kind = query_text(request, "kind", max_length=64)
+    if kind is not None and kind not in audit.KINDS:
+        raise BadRequest("invalid_kind", "'kind' must be one of /api/admin/audit/kinds.")
     events, next_before = await audit.list_page(
         request.config_dict[POOL],
         user_id=query_int(request, "user_id", 0, low=1, high=MAX_BIGINT) or None,
         user_email=query_text(request, "user_email", max_length=254),
-        kind=query_text(request, "kind", max_length=64),
+        kind=kind,
         before=query_int(request, "before", 0, low=1, high=MAX_BIGINT) or None,
         limit=query_int(request, "limit", 100, low=1, high=MAX_PAGE),
     )
