@@ -5,8 +5,8 @@ Counting costs a request a dict increment: each worker keeps plain tallies, and 
 per request cost 5-9 us, a tenth of a session check (docs/metrics.md has the measurements).
 A worker's files are named by its slot, which the gunicorn master hands out (the lowest one no
 live worker holds), not by its pid: a replacement worker goes on counting in the files of the
-one it replaces, and the directory holds at most two sets of files per worker however often
-workers are replaced.
+one it replaces, and the directory holds a set of files per worker alive at once (twice
+WORKERS across a reload), however often workers are replaced.
 
 The master binds METRICS_PORT before it forks; every worker serves scrapes on that socket, and
 whichever one accepts a scrape answers with every worker's counts, the dead ones' included.
@@ -52,8 +52,8 @@ STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 PREFIX = "session_service_"
 
-# How sessions end. `sql` (a DELETE by an operator) is not seen by the service; see
-# docs/metrics.md for counting it in Postgres.
+# How the service ends sessions. Those ended outside it (an operator's SQL, the CLI) are
+# counted by Postgres: session_service_sessions_ended_outside.
 END_CAUSES = ("logout", "revoked_by_user", "revoked_by_admin", "replaced", "expired")
 
 
