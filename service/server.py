@@ -85,10 +85,21 @@ class Runner(web.AppRunner):
     the listener closed.
     """
 
-    def __init__(self, app: web.Application, listeners: list[Any], **kwargs: Any) -> None:
+    def __init__(
+        self, app: web.Application, listeners: list[Any], *, backlog: int, **kwargs: Any
+    ) -> None:
         super().__init__(app, **kwargs)
         self.listeners = listeners
+        self.backlog = backlog
         self.accepting: set[asyncio.Task[Any]] = set()
+
+    def _reg_site(self, site: web.BaseSite) -> None:
+        # aiohttp's gunicorn worker makes its sites with aiohttp's default backlog, and a site
+        # listens again on gunicorn's socket with it: gunicorn's queue (its `backlog`, 2048)
+        # shrank to 128, and a spike of new connections overflowed it, the kernel dropping
+        # their SYNs (a second's wait each, then three). Here, before the site listens.
+        site._backlog = self.backlog
+        super()._reg_site(site)
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
@@ -141,6 +152,7 @@ class Worker(GunicornWebWorker):
             return Runner(
                 app,
                 self.sockets,
+                backlog=self.cfg.backlog,
                 logger=http_log,
                 keepalive_timeout=self.cfg.keepalive,
                 access_log=None,

@@ -154,6 +154,26 @@ async def test_readyz_is_503_database_unavailable_when_postgres_stops(
     assert (await browser.get("/healthz")).status == 200
 
 
+async def test_the_listening_socket_keeps_gunicorns_backlog_for_a_spike_of_connections(
+    database_url: str, unused_tcp_port: int
+) -> None:
+    """aiohttp's sites listen again with their own default (128): 1,000 connections opened at
+    once then overflowed the queue, and the kernel dropped SYNs (each a second's wait)."""
+    env = cli_env(DATABASE_URL=database_url, DEV_LOGIN="1", WORKERS="2")
+    process = await start_instance(env, unused_tcp_port)
+    try:
+        await wait_ready(unused_tcp_port)
+        ss = await asyncio.create_subprocess_exec(
+            "ss", "-Hltn", f"sport = :{unused_tcp_port}", stdout=asyncio.subprocess.PIPE
+        )
+        listening = (await ss.communicate())[0].decode().split()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        await process.communicate()
+    # State, Recv-Q, Send-Q (a listener's backlog), ...: gunicorn's default backlog.
+    assert listening[:3] == ["LISTEN", "0", "2048"], listening
+
+
 # --- Configuration --------------------------------------------------------------------------
 
 BAD_CONFIGURATIONS = {
