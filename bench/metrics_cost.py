@@ -71,7 +71,7 @@ async def _scrape_forever(bench: Bench, m: Service, counts: dict[str, int]) -> N
         try:
             async with bench.client.get(url) as scrape:
                 text = await scrape.text()
-            ok = scrape.status == 200 and "session_service_http_requests_total" in text
+            ok = scrape.status == 200 and "session_service_sessions_created_total" in text
         except aiohttp.ClientError:
             ok = False
         counts["answered" if ok else "failed"] += 1
